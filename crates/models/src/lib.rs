@@ -1,0 +1,64 @@
+//! Model files: which models mnema knows, where their files live, whether they are intact,
+//! how to read the formats they ship in, and how to fetch the originals from the Hugging Face
+//! hub.
+//!
+//! **Architecture Invariant:** model files are opened only through this crate; engines in
+//! `extract` receive parsed weights or verified paths, never look for files themselves.
+#![deny(missing_docs)]
+
+pub mod catalog;
+pub mod e5q4;
+pub mod hub;
+
+pub use catalog::{catalog, CatalogFile, FileStatus, ModelFiles};
+
+use std::path::PathBuf;
+
+/// Errors about model files.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The catalog has no model by that name.
+    #[error("unknown model '{0}' (see `mnema models list`)")]
+    Unknown(String),
+    /// A file the model needs is not there.
+    #[error("model {model} is missing {path}: run scripts/setup.sh (or `mnema models fetch {model}`)")]
+    Missing {
+        /// The model's name.
+        model: String,
+        /// The file that was looked for.
+        path: PathBuf,
+    },
+    /// A file does not match its recorded checksum.
+    #[error("model file {path} is corrupt (sha256 mismatch): run scripts/setup.sh to fetch it again")]
+    Checksum {
+        /// The damaged file.
+        path: PathBuf,
+    },
+    /// A file could not be parsed.
+    #[error("model file {path} is unreadable: {reason}: run scripts/setup.sh to fetch it again")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Reading a file failed.
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The hub could not deliver a file.
+    #[error("hub download of {repo}/{file} failed: {reason}")]
+    Hub {
+        /// The hub repository.
+        repo: String,
+        /// The file in it.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+}
