@@ -1,1 +1,570 @@
-//! placeholder
+//! The embedded store: one SQLite file (WAL) holding items, chunks, their vectors and a
+//! stemmed FTS5 index, plus an HNSW vector index file beside it (see [`vectors`]).
+//!
+//! **API Boundary:** no other crate opens the database or writes SQL; `search` asks for
+//! candidates through [`Store::keyword_candidates`] and [`Store::vector_candidates`].
+#![deny(missing_docs)]
+
+pub mod schema;
+pub mod vectors;
+
+use mnema_core::{text, Chunk, Filters, Item, Kind};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use vectors::{from_blob, to_blob, VectorIndex};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database {path}: {source}")]
+    Sql {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The data directory or database cannot be used.
+    #[error("{0}")]
+    Open(String),
+    /// The vector index failed.
+    #[error("vector index: {0}")]
+    Index(String),
+    /// Vectors of another model or size than the store holds.
+    #[error("this store holds {have} vectors; cannot mix in {got}: use `--home` for another store or re-ingest into a fresh one")]
+    EmbedderMismatch {
+        /// What the store holds.
+        have: String,
+        /// What was offered.
+        got: String,
+    },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A new or changed item to write, with its derived chunks.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    /// Absolute path.
+    pub path: String,
+    /// Kind.
+    pub kind: Kind,
+    /// sha256 of the content, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, Unix seconds.
+    pub mtime: i64,
+    /// Metadata.
+    pub meta: serde_json::Value,
+}
+
+/// A chunk as stored, with its item's fields (what search results are built from).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkRow {
+    /// Chunk id.
+    pub chunk_id: i64,
+    /// Item id.
+    pub item_id: i64,
+    /// Item path.
+    pub path: String,
+    /// Item kind.
+    pub kind: Kind,
+    /// Item modification time.
+    pub mtime: i64,
+    /// The chunk.
+    pub chunk: Chunk,
+}
+
+/// Counts for status displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Items.
+    pub items: u64,
+    /// Chunks.
+    pub chunks: u64,
+    /// Database file size in bytes.
+    pub db_bytes: u64,
+}
+
+/// The store façade; the connection is private.
+pub struct Store {
+    conn: Connection,
+    db_path: PathBuf,
+    index_path: Option<PathBuf>,
+    vectors: Option<VectorIndex>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in data directory `home`.
+    pub fn open(home: &Path) -> Result<Store> {
+        std::fs::create_dir_all(home).map_err(|e| StoreError::Open(format!("cannot create data directory {}: {e}", home.display())))?;
+        let db_path = home.join("mnema.db");
+        let conn = Connection::open(&db_path).map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
+        Self::init(conn, db_path, Some(home.join("vectors.usearch")))
+    }
+
+    /// A throwaway store in memory (tests).
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sql { path: ":memory:".into(), source })?;
+        Self::init(conn, ":memory:".into(), None)
+    }
+
+    fn init(mut conn: Connection, db_path: PathBuf, index_path: Option<PathBuf>) -> Result<Store> {
+        let sql = |source| StoreError::Sql { path: db_path.clone(), source };
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql)?;
+        // WAL: readers (search, the server) never block the writer (ingest) and a killed
+        // writer loses at most its open transaction.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
+        schema::migrate(&mut conn).map_err(|e| StoreError::Open(format!("database {}: {e}", db_path.display())))?;
+        Ok(Store { conn, db_path, index_path, vectors: None })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql { path: self.db_path.clone(), source }
+    }
+
+    /// The database file path.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(|e| self.sql(e))
+    }
+
+    /// The embedding model and dimension the stored vectors come from, if any.
+    pub fn embedder(&self) -> Result<Option<(String, usize)>> {
+        let name = self.meta_get("embedder")?;
+        let dim = self.meta_get("dim")?.and_then(|d| d.parse().ok());
+        Ok(name.zip(dim))
+    }
+
+    fn vectors_gen(&self) -> Result<i64> {
+        Ok(self.meta_get("vectors_gen")?.and_then(|g| g.parse().ok()).unwrap_or(0))
+    }
+
+    /// The vector index, loaded from its file or rebuilt from SQLite when stale.
+    fn index(&mut self) -> Result<Option<&mut VectorIndex>> {
+        if self.vectors.is_none() {
+            let Some((_, dim)) = self.embedder()? else { return Ok(None) };
+            let gen = self.vectors_gen()?;
+            let loaded = self.index_path.as_deref().and_then(|p| VectorIndex::load(dim, p, gen));
+            let idx = match loaded {
+                Some(v) => v,
+                None => self.rebuild_index(dim)?,
+            };
+            self.vectors = Some(idx);
+        }
+        Ok(self.vectors.as_mut())
+    }
+
+    fn rebuild_index(&self, dim: usize) -> Result<VectorIndex> {
+        tracing::info!("rebuilding vector index from {}", self.db_path.display());
+        let mut idx = VectorIndex::new(dim, self.index_path.as_deref())?;
+        let n: i64 = self.conn.query_row("SELECT count(*) FROM chunks WHERE vector IS NOT NULL", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
+        idx.reserve_more(n as usize)?;
+        let mut stmt = self.conn.prepare("SELECT id, vector FROM chunks WHERE vector IS NOT NULL").map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            let id: i64 = r.get(0).map_err(|e| self.sql(e))?;
+            let blob: Vec<u8> = r.get(1).map_err(|e| self.sql(e))?;
+            idx.add(id, &from_blob(&blob))?;
+        }
+        Ok(idx)
+    }
+
+    /// Saves the vector index if it changed. Called after a batch of writes; also on drop.
+    pub fn flush(&mut self) -> Result<()> {
+        let gen = self.vectors_gen()?;
+        if let Some(v) = self.vectors.as_mut() {
+            v.save(gen)?;
+        }
+        Ok(())
+    }
+
+    /// The item stored for `path`, if any.
+    pub fn item_by_path(&self, path: &str) -> Result<Option<Item>> {
+        self.conn
+            .query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE path = ?1"), [path], item_from_row)
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// The item with `id`, if any.
+    pub fn item(&self, id: i64) -> Result<Option<Item>> {
+        self.conn.query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE id = ?1"), [id], item_from_row).optional().map_err(|e| self.sql(e))
+    }
+
+    /// Another item with the same content, if any (its chunks and vectors can be reused).
+    pub fn item_by_sha256(&self, sha256: &str, not_path: &str) -> Result<Option<Item>> {
+        self.conn
+            .query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE sha256 = ?1 AND path != ?2 LIMIT 1"), [sha256, not_path], item_from_row)
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Items matching `filters`, newest first.
+    pub fn items(&self, filters: &Filters, limit: usize, offset: usize) -> Result<Vec<Item>> {
+        let (cond, mut args) = filter_sql(filters);
+        args.push(Box::new(limit as i64));
+        args.push(Box::new(offset as i64));
+        let q = format!("SELECT {ITEM_COLS} FROM items i WHERE {cond} ORDER BY mtime DESC, id DESC LIMIT ? OFFSET ?");
+        let mut stmt = self.conn.prepare(&q).map_err(|e| self.sql(e))?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), item_from_row).map_err(|e| self.sql(e))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// The chunks of an item, in order, with their vectors.
+    pub fn chunks(&self, item_id: i64) -> Result<Vec<(Chunk, Option<Vec<f32>>)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, text, start, end, start_ms, end_ms, vector FROM chunks WHERE item_id = ?1 ORDER BY seq")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([item_id], |r| {
+                let v: Option<Vec<u8>> = r.get(6)?;
+                Ok((chunk_from_row(r, 0)?, v.map(|b| from_blob(&b))))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Writes an item and its chunks in one transaction, replacing whatever the same path
+    /// had before (old chunks, terms and vectors go with it). Returns the item id.
+    pub fn put_item(&mut self, item: &NewItem, chunks: &[Chunk], vecs: &[Vec<f32>], embedder: &str) -> Result<i64> {
+        assert_eq!(chunks.len(), vecs.len(), "one vector per chunk");
+        let dim = vecs.first().map_or(0, Vec::len);
+        if dim > 0 {
+            match self.embedder()? {
+                Some((name, d)) if name != embedder || d != dim => {
+                    return Err(StoreError::EmbedderMismatch { have: format!("{name} ({d}-d)"), got: format!("{embedder} ({dim}-d)") });
+                }
+                _ => {}
+            }
+        }
+        // Load the index before writing so a rebuild never sees half of this change.
+        if dim > 0 && self.embedder()?.is_some() {
+            self.index()?;
+        }
+        let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
+        let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
+        let old_id: Option<i64> = tx.query_row("SELECT id FROM items WHERE path = ?1", [&item.path], |r| r.get(0)).optional().map_err(sqlerr)?;
+        let mut removed = Vec::new();
+        if let Some(id) = old_id {
+            removed = delete_chunks(&tx, id).map_err(sqlerr)?;
+        }
+        let meta = item.meta.to_string();
+        let now = mnema_core::time::now();
+        let id = match old_id {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE items SET kind=?2, sha256=?3, size=?4, mtime=?5, indexed_at=?6, meta=?7 WHERE id=?1",
+                    params![id, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
+                )
+                .map_err(sqlerr)?;
+                id
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![item.path, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
+                )
+                .map_err(sqlerr)?;
+                tx.last_insert_rowid()
+            }
+        };
+        let mut added = Vec::with_capacity(chunks.len());
+        {
+            let mut ins = tx
+                .prepare("INSERT INTO chunks (item_id, seq, text, start, end, start_ms, end_ms, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+                .map_err(sqlerr)?;
+            let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
+            for (c, v) in chunks.iter().zip(vecs) {
+                let blob = (!v.is_empty()).then(|| to_blob(v));
+                ins.execute(params![id, c.seq, c.text, c.start, c.end, c.start_ms, c.end_ms, blob]).map_err(sqlerr)?;
+                let cid = tx.last_insert_rowid();
+                fts.execute(params![cid, text::index_terms(&c.text)]).map_err(sqlerr)?;
+                added.push(cid);
+            }
+        }
+        if dim > 0 {
+            tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder]).map_err(sqlerr)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()]).map_err(sqlerr)?;
+        }
+        bump_gen(&tx).map_err(sqlerr)?;
+        tx.commit().map_err(sqlerr)?;
+        // The database is committed; now mirror the change in the index (rebuilt from the
+        // database if this fails halfway: its generation no longer matches).
+        if let Some(idx) = self.index()? {
+            for r in removed {
+                idx.remove(r)?;
+            }
+            idx.reserve_more(added.len())?;
+            for (cid, v) in added.iter().zip(vecs) {
+                if !v.is_empty() {
+                    idx.add(*cid, v)?;
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Deletes an item and everything derived from it. Returns false when there was none.
+    pub fn delete_item(&mut self, id: i64) -> Result<bool> {
+        if self.embedder()?.is_some() {
+            self.index()?;
+        }
+        let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
+        let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
+        let removed = delete_chunks(&tx, id).map_err(sqlerr)?;
+        let n = tx.execute("DELETE FROM items WHERE id = ?1", [id]).map_err(sqlerr)?;
+        bump_gen(&tx).map_err(sqlerr)?;
+        tx.commit().map_err(sqlerr)?;
+        if let Some(idx) = self.vectors.as_mut() {
+            for r in removed {
+                idx.remove(r)?;
+            }
+        }
+        Ok(n > 0)
+    }
+
+    /// Full-text candidates for stemmed `terms` (any of them), best BM25 first:
+    /// `(chunk id, score)` with higher scores better.
+    pub fn keyword_candidates(&self, terms: &[String], filters: &Filters, limit: usize) -> Result<Vec<(i64, f64)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Terms are runs of letters and digits (mnema_core::text), so quoting is enough.
+        let expr = terms.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(" OR ");
+        let (cond, mut args) = filter_sql(filters);
+        let mut all: Vec<Box<dyn ToSql>> = vec![Box::new(expr)];
+        all.append(&mut args);
+        all.push(Box::new(limit as i64));
+        let q = if filters.is_empty() {
+            "SELECT rowid, -bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?".to_string()
+        } else {
+            format!(
+                "SELECT f.rowid, -bm25(chunks_fts) FROM chunks_fts f JOIN chunks c ON c.id = f.rowid JOIN items i ON i.id = c.item_id \
+                 WHERE chunks_fts MATCH ? AND {cond} ORDER BY bm25(chunks_fts) LIMIT ?"
+            )
+        };
+        let mut stmt = self.conn.prepare_cached(&q).map_err(|e| self.sql(e))?;
+        let rows = stmt.query_map(params_from_iter(all.iter()), |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.sql(e))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Nearest chunks to `query` by cosine, best first. With filters, only matching chunks
+    /// are considered (scored exactly when few match).
+    pub fn vector_candidates(&mut self, query: &[f32], filters: &Filters, limit: usize) -> Result<Vec<(i64, f64)>> {
+        if let Some((name, dim)) = self.embedder()? {
+            if dim != query.len() {
+                return Err(StoreError::EmbedderMismatch { have: format!("{name} ({dim}-d)"), got: format!("a {}-d query", query.len()) });
+            }
+        }
+        if filters.is_empty() {
+            let Some(idx) = self.index()? else { return Ok(Vec::new()) };
+            return Ok(idx.search(query, limit, None)?.into_iter().map(|(k, s)| (k, s as f64)).collect());
+        }
+        let (cond, args) = filter_sql(filters);
+        let q = format!("SELECT c.id FROM chunks c JOIN items i ON i.id = c.item_id WHERE c.vector IS NOT NULL AND {cond}");
+        let allowed: HashSet<i64> = {
+            let mut stmt = self.conn.prepare(&q).map_err(|e| self.sql(e))?;
+            let rows = stmt.query_map(params_from_iter(args.iter()), |r| r.get(0)).map_err(|e| self.sql(e))?;
+            rows.collect::<std::result::Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        if allowed.len() <= 4096 {
+            return self.exact_candidates(query, Some(&allowed), limit);
+        }
+        let Some(idx) = self.index()? else { return Ok(Vec::new()) };
+        let f = |k: i64| allowed.contains(&k);
+        Ok(idx.search(query, limit, Some(&f))?.into_iter().map(|(k, s)| (k, s as f64)).collect())
+    }
+
+    /// Exact cosine scores over stored vectors (all, or only `only`), best first.
+    pub fn exact_candidates(&self, query: &[f32], only: Option<&HashSet<i64>>, limit: usize) -> Result<Vec<(i64, f64)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, vector FROM chunks WHERE vector IS NOT NULL").map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        let mut scored = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            let id: i64 = r.get(0).map_err(|e| self.sql(e))?;
+            if only.is_some_and(|s| !s.contains(&id)) {
+                continue;
+            }
+            let blob = r.get_ref(1).map_err(|e| self.sql(e))?.as_blob().map_err(|e| self.sql(e.into()))?;
+            let s: f32 = blob.chunks_exact(4).zip(query).map(|(b, q)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * q).sum();
+            scored.push((id, s as f64));
+        }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.truncate(limit);
+        Ok(scored)
+    }
+
+    /// Chunk rows with their items' fields, in the order of `ids` (unknown ids skipped).
+    pub fn chunk_rows(&self, ids: &[i64]) -> Result<Vec<ChunkRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.seq, c.text, c.start, c.end, c.start_ms, c.end_ms, c.id, i.id, i.path, i.kind, i.mtime \
+                 FROM chunks c JOIN items i ON i.id = c.item_id WHERE c.id = ?1",
+            )
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = stmt
+                .query_row([id], |r| {
+                    Ok(ChunkRow {
+                        chunk: chunk_from_row(r, 0)?,
+                        chunk_id: r.get(6)?,
+                        item_id: r.get(7)?,
+                        path: r.get(8)?,
+                        kind: parse_kind(r.get_ref(9)?.as_str()?),
+                        mtime: r.get(10)?,
+                    })
+                })
+                .optional()
+                .map_err(|e| self.sql(e))?;
+            out.extend(row);
+        }
+        Ok(out)
+    }
+
+    /// Item and chunk counts and the database size.
+    pub fn stats(&self) -> Result<Stats> {
+        let items: i64 = self.conn.query_row("SELECT count(*) FROM items", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
+        let chunks: i64 = self.conn.query_row("SELECT count(*) FROM chunks", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
+        let db_bytes = std::fs::metadata(&self.db_path).map(|m| m.len()).unwrap_or(0);
+        Ok(Stats { items: items as u64, chunks: chunks as u64, db_bytes })
+    }
+
+    /// Runs `f` inside one transaction for bulk loading (benchmarks): vectors go to SQLite
+    /// only, and the index is rebuilt on next use.
+    pub fn bulk_insert(&mut self, rows: &[(NewItem, Vec<(Chunk, Vec<f32>)>)], embedder: &str) -> Result<()> {
+        let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
+        let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
+        {
+            let mut item = tx.prepare("INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')").map_err(sqlerr)?;
+            let mut ins = tx.prepare("INSERT INTO chunks (item_id, seq, text, start, end, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sqlerr)?;
+            let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
+            for (it, chunks) in rows {
+                item.execute(params![it.path, it.kind.as_str(), it.sha256, it.size as i64, it.mtime, it.mtime]).map_err(sqlerr)?;
+                let id = tx.last_insert_rowid();
+                for (c, v) in chunks {
+                    ins.execute(params![id, c.seq, c.text, c.start, c.end, to_blob(v)]).map_err(sqlerr)?;
+                    let cid = tx.last_insert_rowid();
+                    fts.execute(params![cid, text::index_terms(&c.text)]).map_err(sqlerr)?;
+                }
+            }
+        }
+        if let Some(dim) = rows.iter().flat_map(|r| r.1.first()).map(|c| c.1.len()).next() {
+            tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder]).map_err(sqlerr)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()]).map_err(sqlerr)?;
+        }
+        bump_gen(&tx).map_err(sqlerr)?;
+        tx.commit().map_err(sqlerr)?;
+        self.vectors = None;
+        Ok(())
+    }
+
+    /// Bytes the loaded vector index occupies (0 when not loaded).
+    pub fn index_memory_bytes(&self) -> usize {
+        self.vectors.as_ref().map_or(0, VectorIndex::memory_bytes)
+    }
+
+    /// Loads (or rebuilds) the vector index now rather than on the first search.
+    pub fn warm(&mut self) -> Result<()> {
+        self.index()?;
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!("saving the vector index failed (it will be rebuilt): {e}");
+        }
+    }
+}
+
+const ITEM_COLS: &str = "id, path, kind, sha256, size, mtime, indexed_at, meta";
+
+fn parse_kind(s: &str) -> Kind {
+    s.parse().unwrap_or(Kind::Note)
+}
+
+fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+    let meta: String = r.get(7)?;
+    Ok(Item {
+        id: r.get(0)?,
+        path: r.get(1)?,
+        kind: parse_kind(r.get_ref(2)?.as_str()?),
+        sha256: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        mtime: r.get(5)?,
+        indexed_at: r.get(6)?,
+        meta: serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+fn chunk_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Chunk> {
+    Ok(Chunk {
+        seq: r.get(at)?,
+        text: r.get(at + 1)?,
+        start: r.get(at + 2)?,
+        end: r.get(at + 3)?,
+        start_ms: r.get(at + 4)?,
+        end_ms: r.get(at + 5)?,
+    })
+}
+
+/// Deletes an item's chunks and their terms; returns the removed chunk ids.
+fn delete_chunks(tx: &rusqlite::Transaction<'_>, item_id: i64) -> rusqlite::Result<Vec<i64>> {
+    let ids: Vec<i64> = {
+        let mut s = tx.prepare("SELECT id FROM chunks WHERE item_id = ?1")?;
+        let rows = s.query_map([item_id], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut del = tx.prepare("DELETE FROM chunks_fts WHERE rowid = ?1")?;
+    for id in &ids {
+        del.execute([id])?;
+    }
+    tx.execute("DELETE FROM chunks WHERE item_id = ?1", [item_id])?;
+    Ok(ids)
+}
+
+fn bump_gen(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('vectors_gen', '1') ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        [],
+    )?;
+    Ok(())
+}
+
+/// SQL condition over `items i` for the filters, with its arguments.
+fn filter_sql(f: &Filters) -> (String, Vec<Box<dyn ToSql>>) {
+    let mut cond = vec!["1".to_string()];
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    if !f.kinds.is_empty() {
+        cond.push(format!("i.kind IN ({})", vec!["?"; f.kinds.len()].join(",")));
+        args.extend(f.kinds.iter().map(|k| Box::new(k.as_str()) as Box<dyn ToSql>));
+    }
+    if let Some(p) = &f.path_prefix {
+        // substr comparison, not LIKE: paths may hold % and _.
+        cond.push("substr(i.path, 1, length(?)) = ?".into());
+        args.push(Box::new(p.clone()));
+        args.push(Box::new(p.clone()));
+    }
+    if let Some(t) = f.since {
+        cond.push("i.mtime >= ?".into());
+        args.push(Box::new(t));
+    }
+    if let Some(t) = f.until {
+        cond.push("i.mtime < ?".into());
+        args.push(Box::new(t));
+    }
+    (cond.join(" AND "), args)
+}

@@ -1,0 +1,57 @@
+//! Schema migrations, applied in order inside one transaction each; `PRAGMA user_version`
+//! records how many have run. Never edit a released migration: append a new one.
+
+use rusqlite::Connection;
+
+/// Migration scripts; index + 1 is the schema version each one produces.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: items, chunks with vectors, stemmed full-text index, key/value metadata.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE items (
+        id          INTEGER PRIMARY KEY,
+        path        TEXT NOT NULL UNIQUE,
+        kind        TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        mtime       INTEGER NOT NULL,
+        indexed_at  INTEGER NOT NULL,
+        meta        TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX items_sha256 ON items(sha256);
+    CREATE INDEX items_mtime ON items(mtime);
+    CREATE TABLE chunks (
+        id        INTEGER PRIMARY KEY,
+        item_id   INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        seq       INTEGER NOT NULL,
+        text      TEXT NOT NULL,
+        start     INTEGER NOT NULL,
+        end       INTEGER NOT NULL,
+        start_ms  INTEGER,
+        end_ms    INTEGER,
+        vector    BLOB
+    );
+    CREATE INDEX chunks_item ON chunks(item_id, seq);
+    -- Stemmed terms (mnema_core::text), one row per chunk, rowid = chunks.id. Diacritics are
+    -- kept: folding would merge "й" into "и".
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0');
+    "#,
+];
+
+/// The schema version this build writes.
+pub const VERSION: usize = MIGRATIONS.len();
+
+/// Brings the database up to [`VERSION`]. Refuses a database from a newer mnema.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).map_err(|e| e.to_string())? as usize;
+    if current > VERSION {
+        return Err(format!("database schema version {current} is newer than this mnema ({VERSION}): upgrade mnema"));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| format!("migration {}: {e}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
