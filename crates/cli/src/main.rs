@@ -1,1 +1,115 @@
-fn main() {}
+//! `mnema`: the command-line front end. Parses flags, resolves the configuration once,
+//! dispatches to a command, and prints errors once at the top as `mnema: <reason>`.
+//!
+//! **Architecture Invariant:** only this crate prints to stdout and knows the JSON shapes of
+//! the CLI contract (`wire.rs`).
+
+mod cmd;
+mod wire;
+
+use clap::{Parser, Subcommand};
+use mnema_core::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes (documented in README).
+pub mod exit {
+    /// Everything worked.
+    pub const OK: u8 = 0;
+    /// Partly failed: some files were not ingested, or doctor found a required piece missing.
+    pub const PARTIAL: u8 = 1;
+    /// The command failed (bad arguments, missing models, unusable data directory).
+    pub const ERROR: u8 = 2;
+    /// The item asked for does not exist.
+    pub const NOT_FOUND: u8 = 3;
+}
+
+/// mnema — a local second memory: find your notes (and soon screenshots and voice memos) by
+/// meaning or by words, in Russian or English. Everything stays on this machine.
+#[derive(Parser, Debug)]
+#[command(name = "mnema", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Examples:\n  mnema ingest ~/notes\n  mnema search \"как приготовить борщ\"\n  mnema --json search \"beet soup recipe\" --limit 5\n  mnema doctor")]
+pub struct Cli {
+    /// Data directory (database, vector index). Default: $MNEMA_HOME, else $XDG_DATA_HOME/mnema.
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Directory with model files. Default: $MNEMA_MODELS, else <home>/models or ./models.
+    #[arg(long, global = true, value_name = "DIR")]
+    models: Option<PathBuf>,
+    /// Machine-readable output: JSON on stdout (one object, or one per line for streams).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log more (repeat for debug); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Index files and folders (Markdown and text notes); unchanged files are skipped.
+    Ingest(cmd::ingest::Args),
+    /// Search by meaning and by words (hybrid by default).
+    Search(cmd::search::Args),
+    /// Show a stored item and its chunks.
+    Show(cmd::items::ShowArgs),
+    /// Delete an item and everything derived from it.
+    Delete(cmd::items::DeleteArgs),
+    /// Print embedding vectors for texts (for checks and scripting).
+    Embed(cmd::embed::Args),
+    /// List, fetch and verify model files.
+    Models(cmd::models::Args),
+    /// Check the installation: models, packages, data directory, memory, CPU.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MNEMA_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let config = Config::resolve(cli.home.clone(), cli.models.clone());
+    let ctx = cmd::Ctx { config, json: cli.json };
+    let result = match cli.command {
+        Command::Ingest(a) => cmd::ingest::run(&ctx, a),
+        Command::Search(a) => cmd::search::run(&ctx, a),
+        Command::Show(a) => cmd::items::show(&ctx, a),
+        Command::Delete(a) => cmd::items::delete(&ctx, a),
+        Command::Embed(a) => cmd::embed::run(&ctx, a),
+        Command::Models(a) => cmd::models::run(&ctx, a),
+        Command::Doctor => cmd::doctor::run(&ctx),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("mnema: {}", one_line(&e));
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// The error and its causes on one line: `outer: inner: root`.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}

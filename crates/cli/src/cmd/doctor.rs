@@ -1,0 +1,157 @@
+//! `mnema doctor`: what is installed, what is missing, and how to fix it.
+
+use super::{out, out_json, Ctx};
+use crate::exit;
+use crate::wire::{CheckOut, DoctorOut};
+use anyhow::Result;
+use mnema_core::ByteSize;
+use mnema_models::catalog::{check, model_names};
+
+fn check_item(name: &str, status: &'static str, detail: impl Into<String>, hint: Option<&str>) -> CheckOut {
+    CheckOut { name: name.into(), status, detail: detail.into(), hint: hint.map(Into::into) }
+}
+
+pub fn run(ctx: &Ctx) -> Result<u8> {
+    let c = &ctx.config;
+    let mut checks = Vec::new();
+
+    // Data directory and database.
+    let probe = c.home.join(".mnema-write-test");
+    let writable = std::fs::create_dir_all(&c.home).and_then(|_| std::fs::write(&probe, b"ok")).and_then(|_| std::fs::remove_file(&probe));
+    checks.push(match writable {
+        Ok(()) => check_item("data directory", "ok", format!("{} (writable)", c.home.display()), None),
+        Err(e) => check_item("data directory", "fail", format!("{}: {e}", c.home.display()), Some("choose another with --home or MNEMA_HOME")),
+    });
+    if checks[0].status == "ok" {
+        checks.push(match ctx.store().and_then(|s| Ok((s.stats()?, s.embedder()?))) {
+            Ok((st, emb)) => check_item(
+                "database",
+                "ok",
+                format!(
+                    "{} items, {} chunks, {}{}",
+                    st.items,
+                    st.chunks,
+                    ByteSize(st.db_bytes),
+                    emb.map(|(n, d)| format!(", vectors: {n} ({d}-d)")).unwrap_or_default()
+                ),
+                None,
+            ),
+            Err(e) => check_item("database", "fail", format!("{e:#}"), Some("move the data directory aside and re-ingest")),
+        });
+    }
+
+    // Models: the configured embedder is required, the rest serve features still to come.
+    let statuses = check(&c.models_dir, None, true)?;
+    for m in model_names() {
+        let files: Vec<_> = statuses.iter().filter(|s| s.entry.model == m).collect();
+        let missing: Vec<_> = files.iter().filter(|f| !f.present).map(|f| f.entry.file).collect();
+        let corrupt: Vec<_> = files.iter().filter(|f| f.verified == Some(false)).map(|f| f.entry.file).collect();
+        let required = m == c.embedder;
+        let size: u64 = files.iter().map(|f| f.size).sum();
+        let role = match m {
+            "multilingual-e5-small" | "all-minilm-l6-v2" => "embeddings",
+            "whisper-base" => "speech (not used by this build yet)",
+            "silero-vad" => "voice activity (not used by this build yet)",
+            "onnxruntime" => "ONNX engines (not used by this build yet)",
+            _ => "",
+        };
+        let name = format!("model {m}");
+        checks.push(if !corrupt.is_empty() {
+            check_item(&name, "fail", format!("corrupt: {}", corrupt.join(", ")), Some("scripts/setup.sh"))
+        } else if !missing.is_empty() {
+            check_item(&name, if required { "fail" } else { "warn" }, format!("missing: {} ({role})", missing.join(", ")), Some("scripts/setup.sh"))
+        } else {
+            check_item(&name, "ok", format!("{role}, {}, sha256 verified", ByteSize(size)), None)
+        });
+    }
+
+    // Debian packages for engines (OCR).
+    let tessdata = ["/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.join("rus.traineddata").is_file() && p.join("eng.traineddata").is_file());
+    checks.push(match tessdata {
+        Some(p) => check_item("tesseract rus+eng", "ok", p.display().to_string(), None),
+        None => check_item("tesseract rus+eng", "warn", "not found (needed for screenshot OCR)", Some("apt-get install tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng libtesseract-dev")),
+    });
+
+    // Memory: low available RAM or busy swap is what made the first prototype crawl.
+    let mut sys = sysinfo::System::new().map_err(|e| anyhow::anyhow!("cannot read memory figures: {e}"))?;
+    sys.refresh_memory();
+    let (total, avail) = (sys.total_memory(), sys.available_memory());
+    let (swap_total, swap_used) = (sys.total_swap(), sys.used_swap());
+    checks.push(if avail < 1 << 30 {
+        check_item("memory", "warn", format!("{} available of {}", ByteSize(avail), ByteSize(total)), Some("close other programs: models will push the machine into swap"))
+    } else {
+        check_item("memory", "ok", format!("{} available of {}", ByteSize(avail), ByteSize(total)), None)
+    });
+    let swap_detail = format!("{} used of {}", ByteSize(swap_used), ByteSize(swap_total));
+    checks.push(if swap_total > 0 && swap_used * 4 > swap_total {
+        check_item("swap", "warn", swap_detail, Some("heavy swapping slows models 5-10×; free memory first"))
+    } else {
+        check_item("swap", "ok", swap_detail, None)
+    });
+    if let Some(psi) = memory_pressure() {
+        checks.push(check_item("memory pressure", if psi > 10.0 { "warn" } else { "ok" }, format!("some avg10 {psi:.1}% (/proc/pressure/memory)"), None));
+    }
+
+    // CPU.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (feats, fast) = cpu_features();
+    checks.push(check_item(
+        "cpu",
+        if fast { "ok" } else { "warn" },
+        format!("{cores} cores, {} {}", std::env::consts::ARCH, feats),
+        (!fast).then_some("no AVX2/FMA (x86) or NEON (arm): models run several times slower"),
+    ));
+
+    let ok = checks.iter().all(|c| c.status != "fail");
+    if ctx.json {
+        out_json(&DoctorOut { ok, checks })?;
+    } else {
+        for c in &checks {
+            let mark = match c.status {
+                "ok" => "ok  ",
+                "warn" => "WARN",
+                _ => "FAIL",
+            };
+            out(format!("{mark}  {:<28} {}", c.name, c.detail))?;
+            if let Some(h) = &c.hint {
+                if c.status != "ok" {
+                    out(format!("      fix: {h}"))?;
+                }
+            }
+        }
+        out(if ok { "all required pieces are in place" } else { "something required is missing: see the fixes above" })?;
+    }
+    Ok(if ok { exit::OK } else { exit::PARTIAL })
+}
+
+/// `some avg10` of Linux PSI for memory, when the kernel provides it.
+fn memory_pressure() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/pressure/memory").ok()?;
+    let line = s.lines().find(|l| l.starts_with("some"))?;
+    line.split_whitespace().find_map(|kv| kv.strip_prefix("avg10=")).and_then(|v| v.parse().ok())
+}
+
+fn cpu_features() -> (String, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = [
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        ];
+        let names: Vec<&str> = f.iter().filter(|x| x.1).map(|x| x.0).collect();
+        (names.join(" "), f[0].1 && f[1].1)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        ("neon".into(), true)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        (String::new(), false)
+    }
+}

@@ -1,0 +1,63 @@
+//! `mnema ingest PATH...`
+
+use super::{out, out_json, Ctx};
+use crate::{exit, wire::IngestOut};
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mnema_ingest::{collect, Ingester, Status};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Files or folders (folders are walked recursively; hidden entries are skipped).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
+    let started = Instant::now();
+    let (files, missing) = collect(&args.paths);
+    let mut store = ctx.store()?;
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} files, {elapsed} (eta {eta}) {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    let report = |o: &mnema_ingest::Outcome| -> Result<()> {
+        if ctx.json {
+            bar.suspend(|| out_json(&IngestOut::from(o)))?;
+        } else if let Some(e) = &o.error {
+            bar.suspend(|| eprintln!("mnema: {}: {e}", o.path.display()));
+        }
+        Ok(())
+    };
+    let mut printed: Result<()> = Ok(());
+    for o in &missing {
+        printed = printed.and(report(o));
+    }
+    let mut ingester = Ingester::new(&ctx.config, &mut store);
+    let outcomes = ingester.run(&files, |o| {
+        bar.inc(1);
+        bar.set_message(o.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        if printed.is_ok() {
+            printed = report(o);
+        }
+    });
+    bar.finish_and_clear();
+    printed?;
+    let outcomes = outcomes?;
+    let all: Vec<_> = missing.iter().chain(&outcomes).collect();
+    let count = |s: Status| all.iter().filter(|o| o.status == s).count();
+    let failed = count(Status::Failed);
+    if !ctx.json {
+        let chunks: usize = outcomes.iter().map(|o| o.chunks).sum();
+        out(format!(
+            "indexed {}, unchanged {}, failed {} ({} chunks) in {:.1}s",
+            count(Status::Indexed),
+            count(Status::Unchanged),
+            failed,
+            chunks,
+            started.elapsed().as_secs_f64()
+        ))?;
+    }
+    Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
+}

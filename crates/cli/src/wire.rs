@@ -1,0 +1,155 @@
+//! The JSON shapes of the CLI contract. Internal types convert into these, so the contract
+//! stays stable while internals change. Field names and meanings are documented in README.
+
+use mnema_core::{Hit, Item};
+use serde::Serialize;
+
+/// `mnema --json search`.
+#[derive(Serialize)]
+pub struct SearchOut<'a> {
+    pub query: &'a str,
+    pub mode: &'a str,
+    pub hits: Vec<HitOut>,
+    pub elapsed_ms: f64,
+}
+
+/// One search hit.
+#[derive(Serialize)]
+pub struct HitOut {
+    pub id: i64,
+    pub path: String,
+    pub kind: &'static str,
+    pub score: f64,
+    pub snippet: String,
+    pub start_ms: Option<i64>,
+    pub chunk_id: i64,
+    pub mtime: String,
+}
+
+impl From<Hit> for HitOut {
+    fn from(h: Hit) -> Self {
+        HitOut {
+            id: h.id,
+            path: h.path,
+            kind: h.kind.as_str(),
+            score: (h.score * 1e6).round() / 1e6,
+            snippet: h.snippet,
+            start_ms: h.start_ms,
+            chunk_id: h.chunk_id,
+            mtime: mnema_core::time::format(h.mtime),
+        }
+    }
+}
+
+/// `mnema --json ingest`: one per file per line.
+#[derive(Serialize)]
+pub struct IngestOut {
+    pub path: String,
+    pub id: Option<i64>,
+    pub kind: Option<&'static str>,
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub chunks: usize,
+}
+
+impl From<&mnema_ingest::Outcome> for IngestOut {
+    fn from(o: &mnema_ingest::Outcome) -> Self {
+        IngestOut {
+            path: o.path.to_string_lossy().into_owned(),
+            id: o.id,
+            kind: o.kind.map(|k| k.as_str()),
+            status: o.status.as_str(),
+            error: o.error.clone(),
+            chunks: o.chunks,
+        }
+    }
+}
+
+/// An item in `show` and listings.
+#[derive(Serialize)]
+pub struct ItemOut {
+    pub id: i64,
+    pub path: String,
+    pub kind: &'static str,
+    pub sha256: String,
+    pub size: u64,
+    pub mtime: String,
+    pub indexed_at: String,
+    pub meta: serde_json::Value,
+}
+
+impl From<Item> for ItemOut {
+    fn from(i: Item) -> Self {
+        ItemOut {
+            id: i.id,
+            path: i.path,
+            kind: i.kind.as_str(),
+            sha256: i.sha256,
+            size: i.size,
+            mtime: mnema_core::time::format(i.mtime),
+            indexed_at: mnema_core::time::format(i.indexed_at),
+            meta: i.meta,
+        }
+    }
+}
+
+/// A chunk in `show`.
+#[derive(Serialize)]
+pub struct ChunkOut {
+    pub seq: u32,
+    pub text: String,
+    pub start: u32,
+    pub end: u32,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+impl From<mnema_core::Chunk> for ChunkOut {
+    fn from(c: mnema_core::Chunk) -> Self {
+        ChunkOut { seq: c.seq, text: c.text, start: c.start, end: c.end, start_ms: c.start_ms, end_ms: c.end_ms }
+    }
+}
+
+/// `mnema --json show`.
+#[derive(Serialize)]
+pub struct ShowOut {
+    pub item: ItemOut,
+    pub chunks: Vec<ChunkOut>,
+}
+
+/// One check of `mnema doctor`.
+#[derive(Serialize, Clone)]
+pub struct CheckOut {
+    pub name: String,
+    /// `ok`, `warn` or `fail`.
+    pub status: &'static str,
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+/// `mnema --json doctor`.
+#[derive(Serialize)]
+pub struct DoctorOut {
+    pub ok: bool,
+    pub checks: Vec<CheckOut>,
+}
+
+/// A model in `models list|verify`.
+#[derive(Serialize)]
+pub struct ModelOut {
+    pub name: String,
+    pub present: bool,
+    pub verified: Option<bool>,
+    pub files: Vec<ModelFileOut>,
+}
+
+/// A model file.
+#[derive(Serialize)]
+pub struct ModelFileOut {
+    pub file: String,
+    pub path: String,
+    pub present: bool,
+    pub size: u64,
+    pub verified: Option<bool>,
+    pub source: String,
+}
