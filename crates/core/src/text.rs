@@ -71,10 +71,37 @@ pub fn index_terms(text: &str) -> String {
     out
 }
 
-/// The distinct terms of a query, in order of first appearance.
+/// Function words that carry no topic. Queries drop them (unless nothing else is left) so
+/// that "как приготовить борщ" does not rank every note containing "как"; the index keeps
+/// them, so a query of only such words still finds its text.
+const STOPWORDS: &[&str] = &[
+    "и", "в", "во", "не", "что", "он", "на", "я", "с", "со", "как", "а", "то", "все", "всё", "она", "так", "его", "но",
+    "да", "ты", "к", "у", "же", "вы", "за", "бы", "по", "только", "ее", "её", "мне", "было", "вот", "от", "меня", "еще",
+    "ещё", "нет", "о", "об", "из", "ему", "когда", "даже", "ну", "ли", "если", "уже", "или", "ни", "быть", "был", "него",
+    "до", "вас", "там", "потом", "себя", "ей", "может", "они", "тут", "где", "есть", "надо", "ней", "для", "мы", "тебя",
+    "их", "чем", "была", "сам", "чтоб", "без", "чего", "раз", "тоже", "себе", "под", "будет", "ж", "тогда", "кто", "этот",
+    "того", "потому", "этого", "какой", "какие", "какая", "ним", "здесь", "этом", "мой", "тем", "чтобы", "нее", "были",
+    "куда", "зачем", "всех", "можно", "при", "после", "над", "тот", "через", "эти", "нас", "про", "них", "эту", "моя",
+    "свою", "этой", "перед", "им", "между", "это", "the", "a", "an", "and", "or", "of", "to", "in", "on", "at", "for",
+    "with", "by", "from", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "as",
+    "not", "no", "do", "does", "did", "how", "what", "which", "who", "why", "when", "where", "can", "i", "you", "he",
+    "she", "we", "they", "my", "your", "our", "their", "me", "him", "her", "us", "them", "so", "if", "then", "than",
+    "too", "very", "just", "about", "into", "over", "up", "out", "there", "some", "any", "all",
+];
+
+fn is_stopword(word: &str) -> bool {
+    let lower = word.to_lowercase();
+    STOPWORDS.contains(&lower.as_str())
+}
+
+/// The distinct terms of a query, in order of first appearance, function words dropped
+/// unless the query has nothing else.
 pub fn query_terms(query: &str) -> Vec<String> {
+    let ws: Vec<Word<'_>> = words(query).collect();
+    let content: Vec<&Word<'_>> = ws.iter().filter(|w| !is_stopword(w.text)).collect();
+    let pick: Vec<&Word<'_>> = if content.is_empty() { ws.iter().collect() } else { content };
     let mut out: Vec<String> = Vec::new();
-    for w in words(query) {
+    for w in pick {
         let t = term(w.text);
         if !out.contains(&t) {
             out.push(t);
@@ -110,6 +137,8 @@ mod tests {
             assert_eq!(&text[w.start..w.end], w.text);
         }
         assert_eq!(query_terms("soup Soup soups"), vec!["soup".to_string()]);
+        assert_eq!(query_terms("как приготовить борщ"), vec![term("приготовить"), term("борщ")]);
+        assert_eq!(query_terms("How to"), vec![term("how"), term("to")], "only stopwords: kept");
         assert_eq!(index_terms(""), "");
     }
 }

@@ -44,11 +44,13 @@ pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>>
         "multilingual-e5-small" => {
             let files = ModelFiles::require(models_dir, name, &["tokenizer.json"], &["e5-small-q4.bin", "model.safetensors"])?;
             let q4 = files.path("e5-small-q4.bin");
+            let t0 = std::time::Instant::now();
             let bert = if q4.is_file() {
                 Bert::from_e5q4(&E5Q4File::open(&q4)?)?
             } else {
                 load_safetensors(&files.path("model.safetensors"), 12, 12)?
             };
+            tracing::debug!("{name} weights loaded in {:?}", t0.elapsed());
             Ok(Box::new(BertEmbedder::new(name, bert, &files.path("tokenizer.json"), ("query: ", "passage: "))?))
         }
         "all-minilm-l6-v2" => {
@@ -82,7 +84,9 @@ pub struct BertEmbedder {
 impl BertEmbedder {
     fn new(name: &str, bert: Bert, tokenizer_path: &Path, prefixes: (&'static str, &'static str)) -> Result<BertEmbedder> {
         let tk_err = |reason: String| ExtractError::Tokenizer { path: tokenizer_path.into(), reason };
+        let t0 = std::time::Instant::now();
         let mut tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|e| tk_err(e.to_string()))?;
+        tracing::debug!("tokenizer {} loaded in {:?}", tokenizer_path.display(), t0.elapsed());
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| tk_err(e.to_string()))?;
         Ok(BertEmbedder { name: name.into(), bert, tokenizer, prefixes, max_attention_bytes: 48 << 20, max_batch: 32 })

@@ -1,0 +1,298 @@
+//! End-to-end tests of the `mnema` binary on real models and a real SQLite file in a
+//! temporary data directory: the JSON contract, exit codes, bad input, crash safety.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn models() -> PathBuf {
+    std::env::var_os("MNEMA_MODELS").map(PathBuf::from).unwrap_or_else(|| repo().join("models"))
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { dir: tempfile::tempdir().unwrap() }
+    }
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+    fn cmd(&self) -> Command {
+        self.cmd_models(&models())
+    }
+    fn cmd_models(&self, models: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mnema"));
+        c.arg("--home").arg(self.home()).arg("--models").arg(models).env_remove("MNEMA_HOME").env_remove("MNEMA_EMBEDDER");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join("files").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+    fn search(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json", "search"];
+        a.extend_from_slice(args);
+        let o = self.run(&a);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+    fn top_path(&self, args: &[&str]) -> String {
+        let v = self.search(args);
+        v["hits"][0]["path"].as_str().map(|p| Path::new(p).file_name().unwrap().to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn by_name<'a>(lines: &'a [Value], name: &str) -> &'a Value {
+    lines.iter().find(|l| l["path"].as_str().unwrap().ends_with(name)).unwrap_or_else(|| panic!("no line for {name}: {lines:?}"))
+}
+
+#[test]
+fn finds_russian_recipe_in_both_languages() {
+    let env = Env::new();
+    let o = env.run(&["--json", "ingest", repo().join("samples/notes").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 8);
+    assert!(lines.iter().all(|l| l["status"] == "indexed" && l["kind"] == "note" && l["id"].is_i64()));
+    assert_eq!(env.top_path(&["как приготовить борщ"]), "borsch.md");
+    assert_eq!(env.top_path(&["beet soup recipe"]), "borsch.md");
+    assert_eq!(env.top_path(&["beet soup recipe", "--mode", "semantic"]), "borsch.md");
+    assert_eq!(env.top_path(&["идеи по векторизации"]), "vectorization-ideas.md");
+    assert_eq!(env.top_path(&["how to cancel a subscription"]), "subscriptions.md");
+    assert_eq!(env.top_path(&["watering tomatoes", "--mode", "semantic"]), "garden.txt");
+    // Keyword mode: morphology ("подписки" ↔ "подписку"), snippet marks the match.
+    let v = env.search(&["подписки", "--mode", "keyword"]);
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{v}");
+    assert!(hits[0]["snippet"].as_str().unwrap().contains("[подписку]"), "{v}");
+    assert!(Path::new(hits[0]["path"].as_str().unwrap()).is_absolute());
+    assert!(hits[0]["start_ms"].is_null());
+    // English keyword on English text; no result for words nowhere in the corpus.
+    assert_eq!(env.top_path(&["tomatoes", "--mode", "keyword"]), "garden.txt");
+    assert_eq!(env.search(&["квантовая хромодинамика", "--mode", "keyword"])["hits"].as_array().unwrap().len(), 0);
+    // Limit and one hit per item.
+    let v = env.search(&["notes", "--limit", "3"]);
+    let ids: Vec<i64> = v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|i| ids.iter().filter(|j| *j == i).count() == 1));
+}
+
+#[test]
+fn filters_by_kind_path_and_time() {
+    let env = Env::new();
+    env.write("a/one.md", "Купить молоко и хлеб.".as_bytes());
+    env.write("b/two.md", "Купить билеты в театр.".as_bytes());
+    let files = env.dir.path().join("files");
+    assert_eq!(env.run(&["ingest", files.to_str().unwrap()]).status.code(), Some(0));
+    let prefix = files.join("b").canonicalize().unwrap();
+    let v = env.search(&["купить", "--path", prefix.to_str().unwrap()]);
+    assert_eq!(v["hits"].as_array().unwrap().len(), 1);
+    assert!(v["hits"][0]["path"].as_str().unwrap().ends_with("two.md"));
+    assert_eq!(env.search(&["купить", "--kind", "image"])["hits"].as_array().unwrap().len(), 0);
+    assert_eq!(env.search(&["купить", "--kind", "note"])["hits"].as_array().unwrap().len(), 2);
+    assert_eq!(env.search(&["купить", "--since", "2999-01-01"])["hits"].as_array().unwrap().len(), 0);
+    assert_eq!(env.search(&["купить", "--until", "2999-01-01"])["hits"].as_array().unwrap().len(), 2);
+    let bad = env.run(&["search", "x", "--since", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn bad_files_fail_alone_with_a_reason() {
+    let env = Env::new();
+    let good = env.write("good.md", "Заметка о хорошей погоде.".as_bytes());
+    let bin = env.write("binary.txt", &(0u8..=255).cycle().take(512).collect::<Vec<_>>());
+    let latin1 = env.write("latin1.txt", b"caf\xe9 cr\xe8me");
+    let empty = env.write("empty.md", b"");
+    let blank = env.write("blank.md", b"  \n\n\t ");
+    let huge = env.write("huge.md", "слово ".repeat(400).as_bytes());
+    let pdf = env.write("paper.pdf", b"%PDF-1.7");
+    let missing = env.dir.path().join("files/nope.md");
+    let args: Vec<&str> = [&good, &bin, &latin1, &empty, &blank, &huge, &pdf, &missing].iter().map(|p| p.to_str().unwrap()).collect();
+    let mut cmd = env.cmd();
+    cmd.env("MNEMA_MAX_FILE_SIZE", "1KiB").arg("--json").arg("ingest").args(&args);
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "some failed → exit 1");
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(by_name(&lines, "good.md")["status"], "indexed");
+    for (name, reason) in [
+        ("binary.txt", "binary"),
+        ("latin1.txt", "UTF-8"),
+        ("empty.md", "empty"),
+        ("blank.md", "empty"),
+        ("huge.md", "too large"),
+        ("paper.pdf", "unsupported"),
+        ("nope.md", "no such file"),
+    ] {
+        let l = by_name(&lines, name);
+        assert_eq!(l["status"], "failed", "{name}");
+        let e = l["error"].as_str().unwrap();
+        assert!(e.contains(reason) && !e.contains('\n'), "{name}: {e}");
+    }
+    // Human mode: one line per failure on stderr, naming the file.
+    let o = env.cmd().env("MNEMA_MAX_FILE_SIZE", "1KiB").arg("ingest").args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().filter(|l| l.starts_with("mnema: ")).count(), 7, "{err}");
+    assert!(err.lines().any(|l| l.contains("latin1.txt") && l.contains("UTF-8")), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("unchanged 1, failed 7"));
+    // The store holds exactly the good file.
+    let v = env.search(&["погода"]);
+    assert_eq!(v["hits"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn reingest_is_a_noop_and_changes_replace_old_text() {
+    let env = Env::new();
+    let p = env.write("note.md", "Встреча с Анной во вторник.".as_bytes());
+    let first = json_lines(&env.run(&["--json", "ingest", p.to_str().unwrap()]));
+    let id = first[0]["id"].as_i64().unwrap();
+    let again = env.run(&["--json", "ingest", p.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(json_lines(&again)[0]["status"], "unchanged");
+    assert_eq!(json_lines(&again)[0]["id"].as_i64(), Some(id));
+    std::fs::write(&p, "Встреча с Игорем в пятницу.".as_bytes()).unwrap();
+    let changed = json_lines(&env.run(&["--json", "ingest", p.to_str().unwrap()]));
+    assert_eq!(changed[0]["status"], "indexed");
+    assert_eq!(changed[0]["id"].as_i64(), Some(id), "same item, replaced");
+    assert_eq!(env.search(&["Анной", "--mode", "keyword"])["hits"].as_array().unwrap().len(), 0);
+    assert_eq!(env.search(&["Игорем", "--mode", "keyword"])["hits"].as_array().unwrap().len(), 1);
+    // Same content under another name: indexed from the stored chunks (no model needed).
+    let copy = env.write("copy.md", "Встреча с Игорем в пятницу.".as_bytes());
+    let o = env.cmd_models(Path::new("/nonexistent")).args(["--json", "ingest", copy.to_str().unwrap()]).output().unwrap();
+    assert_eq!(json_lines(&o)[0]["status"], "indexed", "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(env.search(&["Игорем", "--mode", "keyword"])["hits"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn show_and_delete() {
+    let env = Env::new();
+    let p = env.write("n.md", "# Список\nКупить лампочки.".as_bytes());
+    let id = json_lines(&env.run(&["--json", "ingest", p.to_str().unwrap()]))[0]["id"].as_i64().unwrap();
+    let o = env.run(&["--json", "show", &id.to_string()]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["item"]["meta"]["title"], "Список");
+    assert_eq!(v["chunks"][0]["text"], "# Список\nКупить лампочки.");
+    let o = env.run(&["--json", "delete", &id.to_string()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(env.search(&["лампочки"])["hits"].as_array().unwrap().len(), 0);
+    assert_eq!(env.run(&["show", &id.to_string()]).status.code(), Some(3));
+    assert_eq!(env.run(&["delete", &id.to_string()]).status.code(), Some(3));
+    // Deleted means re-ingest indexes it again.
+    assert_eq!(json_lines(&env.run(&["--json", "ingest", p.to_str().unwrap()]))[0]["status"], "indexed");
+}
+
+#[test]
+fn missing_or_corrupt_model_is_a_clear_error() {
+    let env = Env::new();
+    let p = env.write("n.md", b"some text");
+    let o = env.cmd_models(&env.dir.path().join("no-models")).args(["ingest", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("multilingual-e5-small") && err.contains("scripts/setup.sh"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A truncated weights file.
+    let bad = env.dir.path().join("bad-models/multilingual-e5-small");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(models().join("multilingual-e5-small/tokenizer.json"), bad.join("tokenizer.json")).unwrap();
+    let full = std::fs::read(models().join("multilingual-e5-small/e5-small-q4.bin")).unwrap();
+    std::fs::write(bad.join("e5-small-q4.bin"), &full[..full.len() / 3]).unwrap();
+    let o = env.cmd_models(&env.dir.path().join("bad-models")).args(["ingest", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("e5-small-q4.bin") && err.contains("scripts/setup.sh"), "{err}");
+    // doctor sees it, and verify flags the checksum.
+    let o = env.cmd_models(&env.dir.path().join("bad-models")).args(["--json", "doctor"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let e5 = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "model multilingual-e5-small").unwrap();
+    assert_eq!(e5["status"], "fail");
+    assert!(e5["detail"].as_str().unwrap().contains("corrupt"));
+}
+
+#[test]
+fn doctor_and_models_on_a_good_install() {
+    let env = Env::new();
+    let o = env.run(&["--json", "doctor"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(o.status.code(), Some(0));
+    let names: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for n in ["data directory", "database", "model multilingual-e5-small", "memory", "swap", "cpu"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    let o = env.run(&["--json", "models", "verify", "multilingual-e5-small"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["models"][0]["verified"], true);
+    assert_eq!(env.run(&["models", "verify", "no-such-model"]).status.code(), Some(2));
+}
+
+#[test]
+fn killed_ingest_loses_nothing_on_rerun() {
+    let env = Env::new();
+    let dir = env.dir.path().join("files/many");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..120 {
+        let text = format!("Заметка номер {i}. Note number {i} about topic {}.\n", i % 7).repeat(3);
+        std::fs::write(dir.join(format!("n{i:03}.md")), text).unwrap();
+    }
+    let mut child = env.cmd().args(["--json", "ingest", dir.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+    // Wait for the first committed file, then kill -9.
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"indexed\""));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = env.run(&["--json", "ingest", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = json_lines(&o);
+    assert_eq!(l.len(), 120);
+    let unchanged = l.iter().filter(|x| x["status"] == "unchanged").count();
+    assert!(unchanged >= 1 && unchanged < 120, "kill came mid-run: {unchanged} unchanged");
+    // Every file exactly once, and the vector index agrees with the database.
+    let ids: std::collections::HashSet<i64> = l.iter().map(|x| x["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 120);
+    let v = env.search(&["Note number 117", "--limit", "200", "--mode", "semantic"]);
+    assert_eq!(v["hits"].as_array().unwrap().len(), 120.min(200));
+    let v = env.search(&["117", "--mode", "keyword"]);
+    assert!(v["hits"][0]["path"].as_str().unwrap().ends_with("n117.md"));
+}
+
+#[test]
+fn json_flag_on_every_command_and_help() {
+    let env = Env::new();
+    for args in [vec!["--json", "doctor"], vec!["--json", "models", "list"], vec!["--json", "embed", "привет", "hello"]] {
+        let o = env.run(&args);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(v.is_object());
+    }
+    let v: Value = serde_json::from_slice(&env.run(&["--json", "embed", "привет", "hello"]).stdout).unwrap();
+    assert_eq!(v["dim"], 384);
+    assert_eq!(v["vectors"].as_array().unwrap().len(), 2);
+    let h = env.run(&["--help"]);
+    let help = String::from_utf8_lossy(&h.stdout);
+    for c in ["ingest", "search", "show", "delete", "embed", "models", "doctor", "--json", "--home"] {
+        assert!(help.contains(c), "help lacks {c}");
+    }
+    let e = env.run(&["search", "   "]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("empty query"));
+}
