@@ -38,28 +38,42 @@ pub trait Embedder: Send + Sync {
 /// Names of the embedding models mnema can load.
 pub const EMBEDDERS: [&str; 2] = ["multilingual-e5-small", "all-minilm-l6-v2"];
 
-/// Loads an embedding model by catalog name from `models_dir`.
+/// Loads an embedding model by catalog name from `models_dir`. The tokenizer (a 17 MB JSON
+/// for e5) is parsed on a second thread while the weights load.
 pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>> {
-    match name {
+    let (files, prefixes) = match name {
         "multilingual-e5-small" => {
-            let files = ModelFiles::require(models_dir, name, &["tokenizer.json"], &["e5-small-q4.bin", "model.safetensors"])?;
-            let q4 = files.path("e5-small-q4.bin");
-            let t0 = std::time::Instant::now();
-            let bert = if q4.is_file() {
-                Bert::from_e5q4(&E5Q4File::open(&q4)?)?
-            } else {
-                load_safetensors(&files.path("model.safetensors"), 12, 12)?
-            };
-            tracing::debug!("{name} weights loaded in {:?}", t0.elapsed());
-            Ok(Box::new(BertEmbedder::new(name, bert, &files.path("tokenizer.json"), ("query: ", "passage: "))?))
+            (ModelFiles::require(models_dir, name, &["tokenizer.json"], &["e5-small-q4.bin", "model.safetensors"])?, ("query: ", "passage: "))
         }
-        "all-minilm-l6-v2" => {
-            let files = ModelFiles::require(models_dir, name, &["tokenizer.json", "model.safetensors"], &[])?;
-            let bert = load_safetensors(&files.path("model.safetensors"), 12, 6)?;
-            Ok(Box::new(BertEmbedder::new(name, bert, &files.path("tokenizer.json"), ("", ""))?))
-        }
-        other => Err(mnema_models::ModelError::Unknown(format!("{other} (embedders: {})", EMBEDDERS.join(", "))).into()),
-    }
+        "all-minilm-l6-v2" => (ModelFiles::require(models_dir, name, &["tokenizer.json", "model.safetensors"], &[])?, ("", "")),
+        other => return Err(mnema_models::ModelError::Unknown(format!("{other} (embedders: {})", EMBEDDERS.join(", "))).into()),
+    };
+    let tokenizer_path = files.path("tokenizer.json");
+    let tokenizer = std::thread::spawn({
+        let path = tokenizer_path.clone();
+        move || load_tokenizer(&path)
+    });
+    let t0 = std::time::Instant::now();
+    let q4 = files.path("e5-small-q4.bin");
+    let bert = if name == "multilingual-e5-small" && q4.is_file() {
+        Bert::from_e5q4(&E5Q4File::open(&q4)?)
+    } else {
+        let layers = if name == "all-minilm-l6-v2" { 6 } else { 12 };
+        load_safetensors(&files.path("model.safetensors"), 12, layers)
+    };
+    tracing::debug!("{name} weights loaded in {:?}", t0.elapsed());
+    let tokenizer = tokenizer.join().map_err(|_| ExtractError::Tokenizer { path: tokenizer_path, reason: "loader panicked".into() })??;
+    Ok(Box::new(BertEmbedder { name: name.into(), bert: bert?, tokenizer, prefixes, max_batch_tokens: 4096, max_batch: 32 }))
+}
+
+fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let t0 = std::time::Instant::now();
+    let tk_err = |reason: String| ExtractError::Tokenizer { path: path.into(), reason };
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| tk_err(e.to_string()))?;
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).map_err(|e| tk_err(e.to_string()))?;
+    tracing::debug!("tokenizer {} loaded in {:?}", path.display(), t0.elapsed());
+    Ok(tokenizer)
 }
 
 fn load_safetensors(path: &Path, heads: usize, layers: usize) -> Result<Bert> {
@@ -74,24 +88,14 @@ pub struct BertEmbedder {
     bert: Bert,
     tokenizer: Tokenizer,
     prefixes: (&'static str, &'static str),
-    /// Upper bound on the attention scores tensor of one forward pass, in bytes; batches of
-    /// long texts are split to stay under it.
-    pub max_attention_bytes: usize,
+    /// Most tokens (padded) in one forward pass: bounds activation memory, which is about
+    /// 20 KB per token for a 384-wide model (the FFN's 1536-wide intermediate dominates).
+    pub max_batch_tokens: usize,
     /// Most texts per forward pass.
     pub max_batch: usize,
 }
 
 impl BertEmbedder {
-    fn new(name: &str, bert: Bert, tokenizer_path: &Path, prefixes: (&'static str, &'static str)) -> Result<BertEmbedder> {
-        let tk_err = |reason: String| ExtractError::Tokenizer { path: tokenizer_path.into(), reason };
-        let t0 = std::time::Instant::now();
-        let mut tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|e| tk_err(e.to_string()))?;
-        tracing::debug!("tokenizer {} loaded in {:?}", tokenizer_path.display(), t0.elapsed());
-        tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| tk_err(e.to_string()))?;
-        Ok(BertEmbedder { name: name.into(), bert, tokenizer, prefixes, max_attention_bytes: 48 << 20, max_batch: 32 })
-    }
-
     fn encode(&self, texts: &[&str], role: Role) -> Result<Vec<Vec<u32>>> {
         let prefix = if role == Role::Query { self.prefixes.0 } else { self.prefixes.1 };
         let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
@@ -143,14 +147,13 @@ impl Embedder for BertEmbedder {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let mut out = vec![Vec::new(); ids.len()];
-        let heads = self.bert.shape().heads;
         let mut start = 0;
         while start < order.len() {
             let mut end = start;
+            // Sorted by length, so the last one taken is the longest: padded size = count × it.
             while end < order.len() && end - start < self.max_batch {
                 let t = ids[order[end]].len();
-                let att = (end - start + 1) * heads * t * t * 4;
-                if end > start && att > self.max_attention_bytes {
+                if end > start && (end - start + 1) * t > self.max_batch_tokens {
                     break;
                 }
                 end += 1;

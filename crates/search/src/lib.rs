@@ -50,37 +50,53 @@ pub fn search(store: &mut Store, embedder: Option<&dyn Embedder>, q: &SearchQuer
     if query.is_empty() {
         return Err(SearchError::EmptyQuery);
     }
+    let wants_vector = q.mode != SearchMode::Keyword && store.embedder()?.is_some();
+    let vector = match (wants_vector, embedder) {
+        (true, Some(e)) => Some(e.embed(&[query], Role::Query)?.remove(0)),
+        (true, None) if q.mode == SearchMode::Semantic => return Err(SearchError::NoEmbedder),
+        _ => None,
+    };
+    search_with_vector(store, vector.as_deref(), q)
+}
+
+/// Runs a query whose embedding is already computed (`None`: keyword only; semantic mode
+/// then finds nothing).
+pub fn search_with_vector(store: &mut Store, vector: Option<&[f32]>, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
+    let query = q.text.trim();
+    if query.is_empty() {
+        return Err(SearchError::EmptyQuery);
+    }
     let terms = text::query_terms(query);
     // Several chunks of one item may match; fetch extra so `limit` distinct items remain.
     let depth = (q.limit * 4).max(50);
-    let keyword = |store: &mut Store| store.keyword_candidates(&terms, &q.filters, depth);
     let semantic = |store: &mut Store| -> Result<Vec<(i64, f64)>, SearchError> {
-        let e = embedder.ok_or(SearchError::NoEmbedder)?;
-        if store.embedder()?.is_none() {
-            return Ok(Vec::new());
+        match vector {
+            Some(v) => Ok(store.vector_candidates(v, &q.filters, depth)?),
+            None => Ok(Vec::new()),
         }
-        let v = e.embed(&[query], Role::Query)?.remove(0);
-        Ok(store.vector_candidates(&v, &q.filters, depth)?)
     };
     let ranked: Vec<(i64, f64)> = match q.mode {
-        SearchMode::Keyword => keyword(store)?,
+        SearchMode::Keyword => store.keyword_candidates(&terms, &q.filters, depth)?,
         SearchMode::Semantic => semantic(store)?,
         SearchMode::Hybrid => {
-            let k = keyword(store)?;
-            let s = if embedder.is_some() { semantic(store)? } else { Vec::new() };
+            let k = store.keyword_candidates(&terms, &q.filters, depth)?;
+            let s = semantic(store)?;
             fuse(&[k, s])
         }
     };
-    let rows = store.chunk_rows(&ranked.iter().map(|r| r.0).collect::<Vec<_>>())?;
-    let score: HashMap<i64, f64> = ranked.into_iter().collect();
-    let mut seen = HashSet::new();
+    // Only the rows that can make it into the result are fetched.
     let mut hits = Vec::new();
-    for row in rows {
+    let mut seen = HashSet::new();
+    for batch in ranked.chunks(q.limit.max(1) * 2) {
+        let rows = store.chunk_rows(&batch.iter().map(|r| r.0).collect::<Vec<_>>())?;
+        let score: HashMap<i64, f64> = batch.iter().copied().collect();
+        for row in rows {
+            if hits.len() < q.limit && seen.insert(row.item_id) {
+                hits.push(to_hit(&row, score[&row.chunk_id], &terms));
+            }
+        }
         if hits.len() >= q.limit {
             break;
-        }
-        if seen.insert(row.item_id) {
-            hits.push(to_hit(&row, score[&row.chunk_id], &terms));
         }
     }
     Ok(hits)

@@ -1,5 +1,5 @@
 //! The approximate nearest-neighbour index over chunk vectors (HNSW, usearch, f16 storage,
-//! inner product on normalised vectors = cosine).
+//! inner product on normalised vectors = cosine; SIMD kernels picked at run time).
 //!
 //! **Architecture Invariant:** SQLite holds every vector (`chunks.vector`) and is the truth;
 //! this index is a cache of it. Each write transaction bumps `meta.vectors_gen`; the index
@@ -30,7 +30,7 @@ impl VectorIndex {
             quantization: ScalarKind::F16,
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 96,
+            expansion_search: 160,
             multi: false,
         };
         let index = Index::new(&opts).map_err(err)?;

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test of mnema on a fresh Debian machine: installs what is missing (packages,
+# verified model files), builds, runs the whole test suite against the real models, checks
+# that the benchmarks still compile, and checks the CLI's JSON contract.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mnema-target}
+export CARGO_TERM_COLOR=never
+scripts/setup.sh --no-build
+cargo test --release --locked --workspace
+cargo bench --locked --workspace --no-run -q
+if [ -f ../shared/check-contract.py ]; then
+  MNEMA_BIN="$CARGO_TARGET_DIR/release/mnema" python3 ../shared/check-contract.py
+fi
