@@ -167,8 +167,8 @@ fn search_latency(tmp: &Path) {
         store.warm().unwrap();
 
         let queries = synthetic_vectors(&mut rng, 200, &centroids);
-        // Queries of 2-3 words from the same Zipfian vocabulary.
-        let texts: Vec<String> = (0..200).map(|i| vocab.text(&mut rng, 2 + i % 2)).collect();
+        // Queries of 2-3 content words (see Vocab::query_word).
+        let texts: Vec<String> = (0..200).map(|i| (0..2 + i % 2).map(|_| vocab.query_word(&mut rng)).collect::<Vec<_>>().join(" ")).collect();
         let q = |i: usize, mode| SearchQuery { text: texts[i].clone(), mode, filters: Filters::default(), limit: 10 };
         let kw = time_ms(200, |i| {
             search_with_vector(&mut store, None, &q(i, SearchMode::Keyword)).unwrap();
@@ -205,5 +205,6 @@ fn search_latency(tmp: &Path) {
         drop(store);
         let _ = std::fs::remove_dir_all(&home);
     }
-    println!("(times in ms; hybrid = keyword + vector + fusion + rows and snippets, query embedding excluded)");
+    println!("(times in ms; hybrid = keyword + vector + fusion + rows and snippets, query embedding excluded;");
+    println!(" queries are 2-3 words of Zipf ranks 100-5000; build = bulk insert + HNSW build)");
 }

@@ -165,6 +165,13 @@ impl Vocab {
         &self.words[i]
     }
 
+    /// A word a person would search for: ranks 100..5000, past the function-word band that
+    /// query analysis drops anyway, short of the hapaxes.
+    pub fn query_word(&self, rng: &mut Rng) -> &str {
+        let hi = self.words.len().min(5000);
+        &self.words[100.min(hi - 1) + rng.below(hi - 100.min(hi - 1))]
+    }
+
     /// `n` words separated by spaces.
     pub fn text(&self, rng: &mut Rng, n: usize) -> String {
         (0..n).map(|_| self.word(rng)).collect::<Vec<_>>().join(" ")

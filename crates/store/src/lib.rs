@@ -170,10 +170,19 @@ impl Store {
         idx.reserve_more(n as usize)?;
         let mut stmt = self.conn.prepare("SELECT id, vector FROM chunks WHERE vector IS NOT NULL").map_err(|e| self.sql(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        // In slices, so a rebuild of a million vectors never holds them all as f32 at once.
+        let mut batch = Vec::with_capacity(16_384);
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
             let id: i64 = r.get(0).map_err(|e| self.sql(e))?;
-            let blob: Vec<u8> = r.get(1).map_err(|e| self.sql(e))?;
-            idx.add(id, &from_blob(&blob))?;
+            let blob = r.get_ref(1).map_err(|e| self.sql(e))?.as_blob().map_err(|e| self.sql(e.into()))?;
+            batch.push((id, from_blob(blob)));
+            if batch.len() == batch.capacity() {
+                idx.add_many(&batch)?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            idx.add_many(&batch)?;
         }
         Ok(idx)
     }

@@ -77,6 +77,24 @@ impl VectorIndex {
         Ok(())
     }
 
+    /// Adds many vectors using every core (HNSW insertion is the slow part of a rebuild).
+    pub fn add_many(&mut self, items: &[(i64, Vec<f32>)]) -> Result<(), StoreError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let want = self.index.size() + items.len();
+        self.index.reserve_capacity_and_threads(want.max(self.index.capacity()), threads).map_err(err)?;
+        let index = &self.index;
+        let per = items.len().div_ceil(threads).max(1);
+        let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = items
+                .chunks(per)
+                .map(|part| s.spawn(move || part.iter().try_for_each(|(k, v)| index.add(*k as u64, v).map_err(err))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(err("index thread panicked")))).collect()
+        });
+        self.dirty = true;
+        results.into_iter().collect()
+    }
+
     /// Pre-allocates room for `n` more vectors.
     pub fn reserve_more(&mut self, n: usize) -> Result<(), StoreError> {
         let want = self.index.size() + n;
