@@ -74,6 +74,10 @@ fn embeddings(tmp: &Path) {
     let long_e5 = long_texts(e5.as_ref(), 96, 254);
     let (e_short, _) = rate(e5.as_ref(), &short, 2);
     let (e_long, _) = rate(e5.as_ref(), &long_e5, 1);
+    let queries = ["рецепт борща", "how to cancel a subscription", "идеи по векторизации заметок", "memory limits on laptops"];
+    let q_ms = time_ms(100, |i| {
+        e5.embed(&[queries[i % queries.len()]], Role::Query).unwrap();
+    });
     drop(e5);
 
     // Peer: same sentences, same weights.
@@ -100,6 +104,7 @@ fn embeddings(tmp: &Path) {
     println!("{:<44} {:>18} {:>24}", "min cosine to the peer's vectors", cos, "");
     println!("{:<44} {:>18.1} {:>24}", "multilingual-e5-small q4, short sentences/s", e_short, "—");
     println!("{:<44} {:>18.1} {:>24}", "multilingual-e5-small q4, 256-token texts/s", e_long, "—");
+    println!("{:<44} {:>18} {:>24}", "multilingual-e5-small, one query p50/p99 ms", format!("{:.1}/{:.1}", percentile(&q_ms, 50.0), percentile(&q_ms, 99.0)), "—");
     std::io::stdout().flush().ok();
 }
 

@@ -29,9 +29,10 @@ pub struct BertShape {
 }
 
 enum WordEmbeddings {
-    /// Q4_0 rows, `hidden / 32 * 18` bytes each; dequantized per lookup (≈54 MB instead of
+    /// Q4_0 rows, `hidden / 32 * 18` bytes each, read from the memory-mapped file and
+    /// dequantized per lookup: only the pages of rows in use become resident (≈54 MB at most, instead of
     /// ≈384 MB as f32).
-    Q4 { blocks: Vec<u8>, rows: usize },
+    Q4 { blob: mnema_models::e5q4::Blob, range: std::ops::Range<usize>, rows: usize },
     Dense(Tensor),
 }
 
@@ -115,10 +116,10 @@ impl Bert {
                 ln2: ln(f32t(&format!("l{l}.oln.w"), h)?, f32t(&format!("l{l}.oln.b"), h)?, c.eps, &dev)?,
             });
         }
-        let blocks = f.q4("emb.word", c.vocab * h)?.to_vec();
-        let bytes = bytes.get() + blocks.len();
+        let (blob, range) = f.q4_shared("emb.word", c.vocab * h)?;
+        let bytes = bytes.get() + range.len();
         let shape = BertShape { hidden: h, heads: c.heads, max_positions: c.max_positions };
-        Ok(Bert { shape, word: WordEmbeddings::Q4 { blocks, rows: c.vocab }, pos, type0, ln: emb_ln, layers, device: dev, weight_bytes: bytes })
+        Ok(Bert { shape, word: WordEmbeddings::Q4 { blob, range, rows: c.vocab }, pos, type0, ln: emb_ln, layers, device: dev, weight_bytes: bytes })
     }
 
     /// Builds the encoder from Hugging Face BERT tensors (names with or without `bert.`).
@@ -173,7 +174,8 @@ impl Bert {
     fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
         let h = self.shape.hidden;
         match &self.word {
-            WordEmbeddings::Q4 { blocks, rows } => {
+            WordEmbeddings::Q4 { blob, range, rows } => {
+                let blocks = &(**blob).as_ref()[range.clone()];
                 let row_bytes = h / 32 * 18;
                 let mut out = vec![0f32; ids.len() * h];
                 for (i, &id) in ids.iter().enumerate() {

@@ -10,6 +10,7 @@
 use crate::ModelError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Architecture numbers stored in the file header.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,12 +48,16 @@ struct Entry {
     bytes: usize,
 }
 
-/// A parsed `e5-small-q4.bin`, holding the file's bytes.
+/// Shared read-only bytes: the memory-mapped file (pages are read, and counted in RSS, only
+/// when touched) or an owned buffer.
+pub type Blob = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A parsed `e5-small-q4.bin` over its memory-mapped bytes.
 pub struct E5Q4File {
     /// Header numbers.
     pub config: E5Config,
     path: PathBuf,
-    data: Vec<u8>,
+    data: Blob,
     dir: HashMap<String, Entry>,
 }
 
@@ -87,13 +92,18 @@ impl Cursor<'_> {
 impl E5Q4File {
     /// Reads and parses the file; any truncation or inconsistency is a [`ModelError::Format`].
     pub fn open(path: &Path) -> Result<E5Q4File, ModelError> {
-        let data = std::fs::read(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
-        Self::parse(path, data)
+        let io = |source| ModelError::Io { path: path.into(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only; model files are not modified while mnema runs
+        // (setup writes a new file and renames it into place).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::parse(path, Arc::new(map))
     }
 
-    fn parse(path: &Path, data: Vec<u8>) -> Result<E5Q4File, ModelError> {
+    fn parse(path: &Path, data: Blob) -> Result<E5Q4File, ModelError> {
         let bad = |reason: &str| ModelError::Format { path: path.into(), reason: reason.into() };
-        let mut c = Cursor { b: &data, p: 0 };
+        let bytes: &[u8] = (*data).as_ref();
+        let mut c = Cursor { b: bytes, p: 0 };
         if c.take(4) != Some(b"E5S1".as_slice()) {
             return Err(bad("not an e5 q4 file (bad magic)"));
         }
@@ -137,7 +147,7 @@ impl E5Q4File {
                 DType::F32 => elems * 4,
                 DType::Q4_0 => elems / 32 * 18,
             };
-            if bytes != expect || offset.checked_add(bytes).is_none_or(|end| end > data.len()) {
+            if bytes != expect || offset.checked_add(bytes).is_none_or(|end| end > c.b.len()) {
                 return Err(bad(&format!("tensor {name} lies outside the file or has the wrong size")));
             }
             dir.insert(name, Entry { dtype, elems, offset, bytes });
@@ -160,13 +170,19 @@ impl E5Q4File {
     /// An f32 tensor with exactly `elems` elements.
     pub fn f32(&self, name: &str, elems: usize) -> Result<Vec<f32>, ModelError> {
         let e = self.entry(name, DType::F32, elems)?;
-        Ok(self.data[e.offset..e.offset + e.bytes].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok((*self.data).as_ref()[e.offset..e.offset + e.bytes].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
     /// The raw Q4_0 blocks of a tensor with exactly `elems` elements.
     pub fn q4(&self, name: &str, elems: usize) -> Result<&[u8], ModelError> {
         let e = self.entry(name, DType::Q4_0, elems)?;
-        Ok(&self.data[e.offset..e.offset + e.bytes])
+        Ok(&(*self.data).as_ref()[e.offset..e.offset + e.bytes])
+    }
+
+    /// A Q4_0 tensor as a handle on the file's bytes plus its byte range, without copying.
+    pub fn q4_shared(&self, name: &str, elems: usize) -> Result<(Blob, std::ops::Range<usize>), ModelError> {
+        let e = self.entry(name, DType::Q4_0, elems)?;
+        Ok((self.data.clone(), e.offset..e.offset + e.bytes))
     }
 }
 
@@ -229,10 +245,10 @@ mod tests {
     #[test]
     fn rejects_garbage_and_truncation() {
         let p = Path::new("x.bin");
-        assert!(matches!(E5Q4File::parse(p, b"GGUF....".to_vec()), Err(ModelError::Format { .. })));
+        assert!(matches!(E5Q4File::parse(p, Arc::new(b"GGUF....".to_vec())), Err(ModelError::Format { .. })));
         let mut head = b"E5S1".to_vec();
         head.extend([1, 0, 0, 0, 128, 1, 0, 0]);
-        let err = E5Q4File::parse(p, head).err().unwrap();
+        let err = E5Q4File::parse(p, Arc::new(head)).err().unwrap();
         assert!(err.to_string().contains("truncated"), "{err}");
     }
 }

@@ -62,3 +62,18 @@ pub enum ModelError {
         reason: String,
     },
 }
+
+/// Hands freed heap memory back to the operating system, so RSS drops after a model is
+/// unloaded or a load's temporary buffers are gone (glibc keeps freed memory otherwise).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns unused pages of the allocator's own arenas.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
