@@ -22,7 +22,7 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 # English. Test media: espeak-ng, sox, ffmpeg, ImageMagick and fonts. Fetching: python3-pip, unzip.
 pkgs=(build-essential pkg-config clang libclang-dev unzip python3-pip ca-certificates
       libtesseract-dev libleptonica-dev tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng
-      espeak-ng sox ffmpeg imagemagick fonts-dejavu-core fonts-liberation)
+      espeak-ng sox ffmpeg imagemagick fonts-dejavu-core fonts-liberation time)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,7 +8,6 @@ mod cmd;
 mod wire;
 
 use clap::{Parser, Subcommand};
-use mnema_core::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,6 +38,10 @@ pub struct Cli {
     /// Machine-readable output: JSON on stdout (one object, or one per line for streams).
     #[arg(long, global = true)]
     json: bool,
+    /// Memory the process may use, models included (e.g. 512MiB, 2GiB). Models are loaded
+    /// only when they fit, evicting idle ones first. Default: a quarter of RAM, at least 512 MiB.
+    #[arg(long, global = true, env = "MNEMA_MEMORY_BUDGET", value_name = "SIZE")]
+    memory_budget: Option<mnema_core::ByteSize>,
     /// Log more (repeat for debug); logs go to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -60,8 +63,12 @@ enum Command {
     Embed(cmd::embed::Args),
     /// List, fetch and verify model files.
     Models(cmd::models::Args),
-    /// Check the installation: models, packages, data directory, memory, CPU.
+    /// Check the installation: models, packages, data directory, memory budget, CPU.
     Doctor,
+    /// Show the memory budget, loaded models, machine memory and store size.
+    Status,
+    /// Run another mnema command in-process and report time, CPU, memory and swap per stage.
+    Profile(cmd::profile::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,17 +84,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    let config = Config::resolve(cli.home.clone(), cli.models.clone());
-    let ctx = cmd::Ctx { config, json: cli.json };
-    let result = match cli.command {
-        Command::Ingest(a) => cmd::ingest::run(&ctx, a),
-        Command::Search(a) => cmd::search::run(&ctx, a),
-        Command::Show(a) => cmd::items::show(&ctx, a),
-        Command::Delete(a) => cmd::items::delete(&ctx, a),
-        Command::Embed(a) => cmd::embed::run(&ctx, a),
-        Command::Models(a) => cmd::models::run(&ctx, a),
-        Command::Doctor => cmd::doctor::run(&ctx),
-    };
+    let result = cmd::Ctx::new(&cli).and_then(|ctx| dispatch(&ctx, cli.command));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK),
@@ -95,6 +92,21 @@ fn main() -> ExitCode {
             eprintln!("mnema: {}", one_line(&e));
             ExitCode::from(exit::ERROR)
         }
+    }
+}
+
+/// Runs one command.
+fn dispatch(ctx: &cmd::Ctx, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Ingest(a) => cmd::ingest::run(ctx, a),
+        Command::Search(a) => cmd::search::run(ctx, a),
+        Command::Show(a) => cmd::items::show(ctx, a),
+        Command::Delete(a) => cmd::items::delete(ctx, a),
+        Command::Embed(a) => cmd::embed::run(ctx, a),
+        Command::Models(a) => cmd::models::run(ctx, a),
+        Command::Doctor => cmd::doctor::run(ctx),
+        Command::Status => cmd::status::run(ctx),
+        Command::Profile(a) => cmd::profile::run(ctx, a),
     }
 }
 

@@ -296,3 +296,58 @@ fn json_flag_on_every_command_and_help() {
     assert_eq!(e.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&e.stderr).contains("empty query"));
 }
+
+#[test]
+fn memory_budget_refuses_clearly_and_is_kept() {
+    let env = Env::new();
+    let p = env.write("n.md", "Заметка про бюджет памяти.".as_bytes());
+    // Too small for the model: the error names the model, its cost and the budget.
+    let o = env.run(&["--memory-budget", "200MiB", "ingest", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("multilingual-e5-small") && err.contains("memory budget") && err.contains("MiB"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let o = env.run(&["--memory-budget", "1MiB", "status"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("too small"));
+    assert_eq!(env.run(&["--memory-budget", "lots", "status"]).status.code(), Some(2));
+    // 512 MiB is enough for the notes pipeline, and the OS-measured peak stays under it.
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M"])
+        .arg(env!("CARGO_BIN_EXE_mnema"))
+        .args(["--home", env.home().to_str().unwrap(), "--models", models().to_str().unwrap(), "--memory-budget", "512MiB", "ingest"])
+        .arg(repo().join("samples/notes"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let kb: u64 = err.lines().find_map(|l| l.strip_prefix("maxrss_kb=")).unwrap().trim().parse().unwrap();
+    assert!(kb * 1024 <= 512 << 20, "peak RSS {} MiB over the 512 MiB budget", kb / 1024);
+}
+
+#[test]
+fn status_and_profile_report_memory_and_stages() {
+    let env = Env::new();
+    let o = env.run(&["--json", "--memory-budget", "1GiB", "status"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["memory_budget_bytes"], 1u64 << 30);
+    assert!(v["models_budget_bytes"].as_u64().unwrap() < 1 << 30);
+    assert!(v["machine"]["total_bytes"].as_u64().unwrap() > 0);
+    let notes = repo().join("samples/notes");
+    let o = env.run(&["--json", "profile", "--", "ingest", notes.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    for s in ["decode", "embed", "store", "load-model"] {
+        assert!(stages.contains(&s), "{stages:?}");
+    }
+    let embed = report["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "embed").unwrap();
+    assert!(embed["cpu_ms"].as_f64().unwrap() > 0.0 && embed["wall_ms"].as_f64().unwrap() > 0.0);
+    let load = &report["model_events"][0];
+    assert_eq!(load["event"], "load");
+    assert_eq!(load["model"], "multilingual-e5-small");
+    assert!(load["bytes"].as_u64().unwrap() > 100 << 20, "{load}");
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() >= load["bytes"].as_u64().unwrap());
+    // The profiled command really ran: its items are searchable.
+    assert_eq!(env.top_path(&["beet soup recipe"]), "borsch.md");
+}

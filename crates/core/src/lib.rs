@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod profile;
 pub mod size;
 pub mod text;
 pub mod time;

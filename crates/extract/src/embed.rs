@@ -33,6 +33,19 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, texts: &[&str], role: Role) -> Result<Vec<Vec<f32>>>;
     /// Bytes of weights held in memory.
     fn weight_bytes(&self) -> usize;
+    /// Caps the tokens of one forward pass (activation memory grows with it).
+    fn set_max_batch_tokens(&self, tokens: usize);
+}
+
+/// Expected resident cost of loading an embedder, from its files: weights as they will be
+/// held plus the tokenizer's structures (measured: e5's 17 MB tokenizer.json takes ~200 MB).
+pub fn estimate_cost(models_dir: &Path, name: &str) -> u64 {
+    let size = |f: &str| std::fs::metadata(models_dir.join(name).join(f)).map_or(0, |m| m.len());
+    match name {
+        // Layers expand from 4 to 32 bits (~85 MB); the word table stays mapped 4-bit.
+        "multilingual-e5-small" if size("e5-small-q4.bin") > 0 => 85_000_000 + 54_000_000 + size("tokenizer.json") * 12,
+        _ => size("model.safetensors") + size("tokenizer.json") * 12,
+    }
 }
 
 /// Names of the embedding models mnema can load.
@@ -65,7 +78,7 @@ pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>>
     let tokenizer = tokenizer.join().map_err(|_| ExtractError::Tokenizer { path: tokenizer_path, reason: "loader panicked".into() })??;
     // Parsing the tokenizer JSON leaves ~100 MB of freed buffers behind.
     mnema_models::release_free_memory();
-    Ok(Box::new(BertEmbedder { name: name.into(), bert: bert?, tokenizer, prefixes, max_batch_tokens: 4096, max_batch: 32 }))
+    Ok(Box::new(BertEmbedder { name: name.into(), bert: bert?, tokenizer, prefixes, max_batch_tokens: 4096.into(), max_batch: 32 }))
 }
 
 fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -92,7 +105,7 @@ pub struct BertEmbedder {
     prefixes: (&'static str, &'static str),
     /// Most tokens (padded) in one forward pass: bounds activation memory, which is about
     /// 20 KB per token for a 384-wide model (the FFN's 1536-wide intermediate dominates).
-    pub max_batch_tokens: usize,
+    max_batch_tokens: std::sync::atomic::AtomicUsize,
     /// Most texts per forward pass.
     pub max_batch: usize,
 }
@@ -143,6 +156,10 @@ impl Embedder for BertEmbedder {
         self.bert.weight_bytes
     }
 
+    fn set_max_batch_tokens(&self, tokens: usize) {
+        self.max_batch_tokens.store(tokens.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn embed(&self, texts: &[&str], role: Role) -> Result<Vec<Vec<f32>>> {
         let ids = self.encode(texts, role)?;
         // Similar lengths together: less padding, and long texts get smaller batches.
@@ -155,7 +172,7 @@ impl Embedder for BertEmbedder {
             // Sorted by length, so the last one taken is the longest: padded size = count × it.
             while end < order.len() && end - start < self.max_batch {
                 let t = ids[order[end]].len();
-                if end > start && (end - start + 1) * t > self.max_batch_tokens {
+                if end > start && (end - start + 1) * t > self.max_batch_tokens.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
                 end += 1;

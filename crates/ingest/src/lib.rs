@@ -9,7 +9,10 @@
 use mnema_core::{Chunk, Config, Kind};
 use mnema_extract::chunk::{chunk_text, ChunkSpec};
 use mnema_extract::note::io_reason;
+use mnema_core::profile::stage;
 use mnema_extract::{load_embedder, Embedder, ExtractError, Role};
+use mnema_models::manager::ModelManager;
+use std::sync::Arc;
 use mnema_store::{NewItem, Store};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -119,32 +122,41 @@ struct Pending {
     chunks: Vec<Chunk>,
 }
 
-/// Runs ingest over a store, loading the embedding model only if some file needs it.
+/// The embedding model `name` through the memory budget. Its batch size is set from the
+/// budget left once it is loaded.
+pub fn acquire_embedder(config: &Config, models: &ModelManager, name: &str) -> Result<Arc<Box<dyn Embedder>>, ExtractError> {
+    let estimate = mnema_extract::embed::estimate_cost(&config.models_dir, name);
+    let e = models.acquire(name, estimate, || {
+        let _s = stage("load-model");
+        load_embedder(&config.models_dir, name)
+    })?;
+    // Activations cost about 24 KB per token in a batch (384-wide model, 1536-wide FFN).
+    e.set_max_batch_tokens((models.free() / (24 << 10)).clamp(256, 4096) as usize);
+    Ok(e)
+}
+
+/// Runs ingest over a store, loading the embedding model (through the memory budget) only if
+/// some file needs it.
 pub struct Ingester<'a> {
     config: &'a Config,
     store: &'a mut Store,
-    embedder: Option<Box<dyn Embedder>>,
+    models: &'a ModelManager,
+    embedder: Option<Arc<Box<dyn Embedder>>>,
 }
 
 impl<'a> Ingester<'a> {
-    /// An ingester writing into `store`.
-    pub fn new(config: &'a Config, store: &'a mut Store) -> Ingester<'a> {
-        Ingester { config, store, embedder: None }
+    /// An ingester writing into `store`, loading models through `models`.
+    pub fn new(config: &'a Config, store: &'a mut Store, models: &'a ModelManager) -> Ingester<'a> {
+        Ingester { config, store, models, embedder: None }
     }
 
-    /// Uses an already loaded embedder (it must be the store's model).
-    pub fn with_embedder(mut self, e: Box<dyn Embedder>) -> Self {
-        self.embedder = Some(e);
-        self
-    }
-
-    fn embedder(&mut self) -> Result<&dyn Embedder, IngestError> {
+    fn embedder(&mut self) -> Result<Arc<Box<dyn Embedder>>, IngestError> {
         if self.embedder.is_none() {
             // A store keeps the model it was built with, whatever the configuration says now.
             let name = self.store.embedder()?.map(|e| e.0).unwrap_or_else(|| self.config.embedder.clone());
-            self.embedder = Some(load_embedder(&self.config.models_dir, &name)?);
+            self.embedder = Some(acquire_embedder(self.config, self.models, &name)?);
         }
-        Ok(self.embedder.as_deref().expect("loaded above"))
+        Ok(self.embedder.clone().expect("loaded above"))
     }
 
     /// Ingests `files`, calling `progress` with each file's outcome as it completes.
@@ -193,6 +205,7 @@ impl<'a> Ingester<'a> {
         if meta.len() > self.config.max_note_size.0 {
             return fail(format!("file too large: {} (limit {}; set MNEMA_MAX_FILE_SIZE)", mnema_core::ByteSize(meta.len()), self.config.max_note_size));
         }
+        let decode = stage("decode");
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) => return fail(io_reason(&e)),
@@ -209,6 +222,7 @@ impl<'a> Ingester<'a> {
             Ok(t) => t,
             Err(e) => return fail(e.to_string()),
         };
+        drop(decode);
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
         let item = NewItem {
             path: path_str.clone(),
@@ -224,12 +238,14 @@ impl<'a> Ingester<'a> {
             if !stored.is_empty() && stored.iter().all(|(_, v)| v.is_some()) {
                 let name = self.store.embedder()?.map(|e| e.0).unwrap_or_default();
                 let (chunks, vecs): (Vec<Chunk>, Vec<Vec<f32>>) = stored.into_iter().map(|(c, v)| (c, v.unwrap_or_default())).unzip();
+                let _s = stage("store");
                 let id = self.store.put_item(&item, &chunks, &vecs, &name)?;
                 return Ok(Prepared::Done(Outcome { path: path.into(), id: Some(id), kind: Some(kind), status: Status::Indexed, error: None, chunks: chunks.len() }));
             }
         }
         let spec = ChunkSpec { max_tokens: self.config.chunk_tokens, overlap: self.config.chunk_overlap };
-        let chunks = match chunk_text(self.embedder()?.tokenizer(), &text, spec) {
+        let embedder = self.embedder()?;
+        let chunks = match chunk_text(embedder.tokenizer(), &text, spec) {
             Ok(c) if !c.is_empty() => c,
             Ok(_) => return fail("no text to index".into()),
             Err(e) => return fail(e.to_string()),
@@ -242,11 +258,16 @@ impl<'a> Ingester<'a> {
             return Ok(());
         }
         let texts: Vec<&str> = pending.iter().flat_map(|p| p.chunks.iter().map(|c| c.text.as_str())).collect();
-        let vectors = self.embedder()?.embed(&texts, Role::Passage)?;
-        let name = self.embedder()?.name().to_string();
+        let embedder = self.embedder()?;
+        let vectors = {
+            let _s = stage("embed");
+            embedder.embed(&texts, Role::Passage)?
+        };
+        let name = embedder.name().to_string();
         let mut it = vectors.into_iter();
         for p in pending.drain(..) {
             let vecs: Vec<Vec<f32>> = it.by_ref().take(p.chunks.len()).collect();
+            let _s = stage("store");
             let id = self.store.put_item(&p.item, &p.chunks, &vecs, &name)?;
             let o = Outcome { path: PathBuf::from(&p.item.path), id: Some(id), kind: Some(p.item.kind), status: Status::Indexed, error: None, chunks: p.chunks.len() };
             progress(&o);

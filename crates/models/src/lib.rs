@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod e5q4;
 pub mod hub;
+pub mod manager;
 
 pub use catalog::{catalog, CatalogFile, FileStatus, ModelFiles};
 
@@ -50,6 +51,28 @@ pub enum ModelError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// A model does not fit in the memory budget.
+    #[error("model {model} needs about {} but the memory budget is {} ({detail})", mnema_core::ByteSize(*cost), mnema_core::ByteSize(*budget))]
+    OverBudget {
+        /// The model.
+        model: String,
+        /// Its estimated cost in bytes.
+        cost: u64,
+        /// The budget in bytes.
+        budget: u64,
+        /// What holds the rest, or how to fix it.
+        detail: String,
+    },
+    /// The machine lacks free memory for a model.
+    #[error("not loading model {model} (about {}): only {} of memory available; loading would swap. Close other programs or lower the load", mnema_core::ByteSize(*cost), mnema_core::ByteSize(*available))]
+    LowMemory {
+        /// The model.
+        model: String,
+        /// Its estimated cost.
+        cost: u64,
+        /// What the machine has available.
+        available: u64,
     },
     /// The hub could not deliver a file.
     #[error("hub download of {repo}/{file} failed: {reason}")]

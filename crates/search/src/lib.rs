@@ -52,7 +52,10 @@ pub fn search(store: &mut Store, embedder: Option<&dyn Embedder>, q: &SearchQuer
     }
     let wants_vector = q.mode != SearchMode::Keyword && store.embedder()?.is_some();
     let vector = match (wants_vector, embedder) {
-        (true, Some(e)) => Some(e.embed(&[query], Role::Query)?.remove(0)),
+        (true, Some(e)) => {
+            let _s = mnema_core::profile::stage("embed");
+            Some(e.embed(&[query], Role::Query)?.remove(0))
+        }
         (true, None) if q.mode == SearchMode::Semantic => return Err(SearchError::NoEmbedder),
         _ => None,
     };
@@ -66,6 +69,7 @@ pub fn search_with_vector(store: &mut Store, vector: Option<&[f32]>, q: &SearchQ
     if query.is_empty() {
         return Err(SearchError::EmptyQuery);
     }
+    let _s = mnema_core::profile::stage("search");
     let terms = text::query_terms(query);
     // Several chunks of one item may match; fetch extra so `limit` distinct items remain.
     let depth = (q.limit * 4).max(50);

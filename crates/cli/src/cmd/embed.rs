@@ -3,7 +3,7 @@
 use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::Result;
-use mnema_extract::{load_embedder, Role};
+use mnema_extract::Role;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,7 +20,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     let name = a.model.unwrap_or_else(|| ctx.config.embedder.clone());
-    let e = load_embedder(&ctx.config.models_dir, &name)?;
+    let e = ctx.embedder(&name)?;
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
     let vecs = e.embed(&texts, if a.query { Role::Query } else { Role::Passage })?;
     if ctx.json {

@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     for o in &missing {
         printed = printed.and(report(o));
     }
-    let mut ingester = Ingester::new(&ctx.config, &mut store);
+    let mut ingester = Ingester::new(&ctx.config, &mut store, &ctx.models);
     let outcomes = ingester.run(&files, |o| {
         bar.inc(1);
         bar.set_message(o.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());

@@ -43,7 +43,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         _ => {
             let name = store.embedder()?.map(|e| e.0);
             match name {
-                Some(name) => Some(mnema_extract::load_embedder(&ctx.config.models_dir, &name).context("cannot load the embedding model")?),
+                Some(name) => Some(ctx.embedder(&name).context("cannot load the embedding model")?),
                 None => None, // empty store: nothing to compare vectors with
             }
         }
@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         filters: Filters { kinds: args.kind, path_prefix: args.path, since: args.since, until: args.until },
         limit: args.limit,
     };
-    let hits = search(&mut store, embedder.as_deref(), &q)?;
+    let hits = search(&mut store, embedder.as_deref().map(|b| b.as_ref()), &q)?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     if ctx.json {
         let hits: Vec<HitOut> = hits.into_iter().map(HitOut::from).collect();

@@ -1,0 +1,48 @@
+//! `mnema status`: the memory budget, models loaded by this process, machine memory, store.
+
+use super::{out, out_json, Ctx};
+use crate::exit;
+use anyhow::Result;
+use mnema_core::ByteSize;
+use mnema_models::manager::{available_memory, process_rss};
+
+pub fn run(ctx: &Ctx) -> Result<u8> {
+    let store = ctx.store()?;
+    let stats = store.stats()?;
+    let loaded = ctx.models.loaded();
+    let mut sys = sysinfo::System::new().map_err(|e| anyhow::anyhow!("cannot read memory figures: {e}"))?;
+    sys.refresh_memory();
+    if ctx.json {
+        let models: Vec<_> = loaded
+            .iter()
+            .map(|m| serde_json::json!({ "name": m.name, "bytes": m.cost, "in_use": m.in_use, "idle_s": m.idle.as_secs_f64() }))
+            .collect();
+        out_json(&serde_json::json!({
+            "memory_budget_bytes": ctx.budget.0,
+            "models_budget_bytes": ctx.models.budget(),
+            "models_used_bytes": ctx.models.used(),
+            "models": models,
+            "process_rss_bytes": process_rss(),
+            "machine": { "total_bytes": sys.total_memory(), "available_bytes": available_memory(), "swap_total_bytes": sys.total_swap(), "swap_used_bytes": sys.used_swap() },
+            "store": { "home": ctx.config.home, "items": stats.items, "chunks": stats.chunks, "db_bytes": stats.db_bytes, "embedder": store.embedder()?.map(|e| e.0) },
+        }))?;
+        return Ok(exit::OK);
+    }
+    out(format!("memory budget   {} (models {}, in use {})", ctx.budget, ByteSize(ctx.models.budget()), ByteSize(ctx.models.used())))?;
+    if loaded.is_empty() {
+        out("models          none loaded in this process (models load on demand and unload when idle)")?;
+    }
+    for m in &loaded {
+        out(format!("  {:<24} {:>10} {}", m.name, ByteSize(m.cost).to_string(), if m.in_use { "in use" } else { "idle" }))?;
+    }
+    out(format!("process RSS     {}", ByteSize(process_rss())))?;
+    out(format!(
+        "machine         {} available of {}, swap {} used of {}",
+        ByteSize(available_memory()),
+        ByteSize(sys.total_memory()),
+        ByteSize(sys.used_swap()),
+        ByteSize(sys.total_swap())
+    ))?;
+    out(format!("store           {}: {} items, {} chunks, {}", ctx.config.home.display(), stats.items, stats.chunks, ByteSize(stats.db_bytes)))?;
+    Ok(exit::OK)
+}
