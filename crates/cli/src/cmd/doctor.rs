@@ -91,6 +91,14 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     } else {
         check_item("swap", "ok", swap_detail, None)
     });
+    let need = mnema_extract::embed::estimate_cost(&c.models_dir, &c.embedder);
+    let models_share = ctx.models.budget();
+    checks.push(check_item(
+        "memory budget",
+        if models_share >= need { "ok" } else { "warn" },
+        format!("{} ({} for models; {} needs about {})", ctx.budget, ByteSize(models_share), c.embedder, ByteSize(need)),
+        (models_share < need).then_some("raise --memory-budget / MNEMA_MEMORY_BUDGET"),
+    ));
     if let Some(psi) = memory_pressure() {
         checks.push(check_item("memory pressure", if psi > 10.0 { "warn" } else { "ok" }, format!("some avg10 {psi:.1}% (/proc/pressure/memory)"), None));
     }

@@ -164,6 +164,8 @@ struct Report {
     peak_rss_bytes: u64,
     rss_start_bytes: u64,
     rss_end_bytes: u64,
+    /// RSS once every model is unloaded again: what an idle process keeps.
+    rss_idle_bytes: u64,
     swap_delta_bytes: i64,
     memory_budget_bytes: u64,
     stages: Vec<StageStats>,
@@ -191,6 +193,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     rec.reset();
     let (t0, cpu0, rss0, swap0) = (Instant::now(), cpu_time(), process_rss(), status_kb("VmSwap:"));
     let code = crate::dispatch(&inner_ctx, inner.command)?;
+    let rss_end = process_rss();
+    inner_ctx.models.unload_all();
     let report = Report {
         command: args.command,
         exit_code: code,
@@ -198,7 +202,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         cpu_ms: cpu_time().saturating_sub(cpu0).as_secs_f64() * 1e3,
         peak_rss_bytes: status_kb("VmHWM:"),
         rss_start_bytes: rss0,
-        rss_end_bytes: process_rss(),
+        rss_end_bytes: rss_end,
+        rss_idle_bytes: process_rss(),
         swap_delta_bytes: status_kb("VmSwap:") as i64 - swap0 as i64,
         memory_budget_bytes: inner_ctx.budget.0,
         stages: rec.stats(),
@@ -250,7 +255,7 @@ fn print_table(r: &Report) {
         mb(r.rss_end_bytes as f64 - r.rss_start_bytes as f64),
         mb(r.swap_delta_bytes as f64)
     );
-    eprintln!("memory budget {} MiB", mb(r.memory_budget_bytes as f64));
+    eprintln!("memory budget {} MiB; RSS with models unloaded afterwards {} MiB", mb(r.memory_budget_bytes as f64), mb(r.rss_idle_bytes as f64));
     for e in &r.model_events {
         eprintln!("model {}: {}", e["event"].as_str().unwrap_or(""), e);
     }

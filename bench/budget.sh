@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Memory-budget benchmark: ingests a corpus under budgets of 512 MiB, 1 GiB and 2 GiB and
+# prints, per budget, the OS-measured peak RSS (GNU time), wall time, swap change, model
+# loads and the RSS left once models are unloaded. Corpus: samples/notes plus generated
+# notes (screenshots and voice memos join when those engines land).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mnema-target}
+mnema="$CARGO_TARGET_DIR/release/mnema"
+corpus=$(mktemp -d); trap 'rm -rf "$corpus"' EXIT
+cp samples/notes/* "$corpus/"
+for i in $(seq 1 24); do
+  { echo "# Заметка $i"; for j in $(seq 1 30); do echo "Строка $j заметки $i: память, модели и поиск по смыслу. Line $j of note $i about budgets."; done; } > "$corpus/gen-$i.md"
+done
+swap_used() { awk '/SwapTotal/{t=$2} /SwapFree/{f=$2} END{print (t-f)/1024}' /proc/meminfo; }
+printf '%-9s %12s %9s %11s %7s %14s %s\n' budget "peak RSS MiB" "wall s" "swap Δ MiB" loads "idle RSS MiB" files
+for b in 512MiB 1GiB 2GiB; do
+  home=$(mktemp -d)
+  s0=$(swap_used)
+  /usr/bin/time -f '%M %e' -o "$home/time" "$mnema" --home "$home" --memory-budget "$b" --json profile -- ingest "$corpus" > "$home/out"
+  s1=$(swap_used)
+  read -r kb secs < "$home/time"
+  python3 - "$b" "$kb" "$secs" "$s0" "$s1" "$home/out" <<'PY'
+import json, sys
+b, kb, secs, s0, s1, out = sys.argv[1:]
+lines = open(out).read().splitlines()
+rep = json.loads(lines[-1])
+files = sum(1 for l in lines[:-1] if l.startswith("{"))
+loads = sum(1 for e in rep["model_events"] if e["event"] == "load")
+print(f"{b:<9} {int(kb)/1024:12.1f} {float(secs):9.1f} {float(s1)-float(s0):11.1f} {loads:7d} {rep['rss_idle_bytes']/2**20:14.1f} {files}")
+PY
+  rm -rf "$home"
+done
