@@ -59,6 +59,8 @@ enum Command {
     Show(cmd::items::ShowArgs),
     /// Delete an item and everything derived from it.
     Delete(cmd::items::DeleteArgs),
+    /// Read the text in images with an OCR engine, or compare engines side by side.
+    Ocr(cmd::ocr::Args),
     /// Print embedding vectors for texts (for checks and scripting).
     Embed(cmd::embed::Args),
     /// List, fetch and verify model files.
@@ -72,6 +74,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Tesseract's OpenMP threads busy-wait: on few cores OCR runs 5-6× slower with them.
+    // mnema parallelises across images instead. Set before any library starts OpenMP.
+    if std::env::var_os("OMP_THREAD_LIMIT").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("OMP_THREAD_LIMIT", "1") };
+    }
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
@@ -103,6 +111,7 @@ fn dispatch(ctx: &cmd::Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Show(a) => cmd::items::show(ctx, a),
         Command::Delete(a) => cmd::items::delete(ctx, a),
         Command::Embed(a) => cmd::embed::run(ctx, a),
+        Command::Ocr(a) => cmd::ocr::run(ctx, a),
         Command::Models(a) => cmd::models::run(ctx, a),
         Command::Doctor => cmd::doctor::run(ctx),
         Command::Status => cmd::status::run(ctx),

@@ -9,7 +9,9 @@
 pub mod bert;
 pub mod chunk;
 pub mod embed;
+pub mod image;
 pub mod note;
+pub mod ocr;
 
 pub use embed::{load_embedder, Embedder, Role};
 

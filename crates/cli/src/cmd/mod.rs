@@ -5,6 +5,7 @@ pub mod embed;
 pub mod ingest;
 pub mod items;
 pub mod models;
+pub mod ocr;
 pub mod profile;
 pub mod search;
 pub mod status;

@@ -1,0 +1,121 @@
+//! `mnema ocr IMAGE... [--engine NAME] [--compare] [--truth FILE]`
+
+use super::{out, out_json, Ctx};
+use crate::exit;
+use anyhow::{bail, Result};
+use mnema_extract::image::{decode_image, prepare_for_ocr};
+use mnema_extract::ocr::{engines, error_rates, join_lines, EngineOptions, OcrLine, OcrPool};
+use mnema_models::manager::process_rss;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Images (PNG, JPEG, WebP, BMP, TIFF, GIF).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Engine to use (see --list). Default: tesseract.
+    #[arg(long, default_value = "tesseract")]
+    engine: String,
+    /// Run every available engine on each image and compare text, time and memory.
+    #[arg(long)]
+    compare: bool,
+    /// Ground truth text (one file for all images): adds CER and WER.
+    #[arg(long, value_name = "FILE")]
+    truth: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct OcrOut<'a> {
+    path: String,
+    engine: &'a str,
+    text: String,
+    lines: Vec<OcrLine>,
+    elapsed_ms: f64,
+    peak_rss_mb: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cer: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wer: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
+    let truth = match &a.truth {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let names: Vec<&'static str> = if a.compare {
+        engines().iter().filter(|e| e.available).map(|e| e.name).collect()
+    } else {
+        match engines().into_iter().find(|e| e.name == a.engine) {
+            Some(e) if e.available => vec![e.name],
+            Some(e) => bail!("OCR engine {} is unavailable: {}", e.name, e.reason.unwrap_or_default()),
+            None => bail!("unknown OCR engine '{}' (engines: {})", a.engine, engines().iter().map(|e| e.name).collect::<Vec<_>>().join(", ")),
+        }
+    };
+    if a.compare && !ctx.json {
+        for e in engines().iter().filter(|e| !e.available) {
+            out(format!("(engine {} unavailable: {})", e.name, e.reason.clone().unwrap_or_default()))?;
+        }
+    }
+    // Decode everything once; bad images are reported and skipped.
+    let mut failed = 0;
+    let mut decoded = Vec::new();
+    for p in &a.images {
+        let _s = mnema_core::profile::stage("decode");
+        match decode_image(p, 256 << 20) {
+            Ok(img) => decoded.push((p.clone(), prepare_for_ocr(&img))),
+            Err(e) => {
+                failed += 1;
+                eprintln!("mnema: {}: {e}", p.display());
+                if ctx.json {
+                    out_json(&OcrOut { path: p.display().to_string(), engine: names.first().copied().unwrap_or(""), text: String::new(), lines: vec![], elapsed_ms: 0.0, peak_rss_mb: 0.0, cer: None, wer: None, error: Some(e.to_string()) })?;
+                }
+            }
+        }
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(decoded.len().max(1));
+    for name in names {
+        let est = engines().iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
+        let pool = ctx.models.acquire(&format!("ocr:{name}"), est, || OcrPool::new(name, &EngineOptions::default(), workers))?;
+        let images: Vec<_> = decoded.iter().map(|(_, g)| g.clone()).collect();
+        let t0 = Instant::now();
+        let results = pool.recognize_all(&images);
+        let per_image = t0.elapsed().as_secs_f64() * 1e3 / images.len().max(1) as f64;
+        for ((path, _), r) in decoded.iter().zip(results) {
+            let (lines, error) = match r {
+                Ok(l) => (l, None),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("mnema: {}: {e}", path.display());
+                    (vec![], Some(e.to_string()))
+                }
+            };
+            let text = join_lines(&lines);
+            let (cer, wer) = truth.as_deref().map(|t| error_rates(&text, t)).unzip();
+            let o = OcrOut { path: path.display().to_string(), engine: name, text, lines, elapsed_ms: (per_image * 10.0).round() / 10.0, peak_rss_mb: (peak_rss() as f64 / 1048576.0 * 10.0).round() / 10.0, cer, wer, error };
+            if ctx.json {
+                out_json(&o)?;
+            } else {
+                let quality = o.cer.map(|c| format!(", CER {:.3}, WER {:.3}", c, o.wer.unwrap_or(0.0))).unwrap_or_default();
+                out(format!("== {} [{}] {:.0} ms/image, peak RSS {:.0} MiB{quality}", o.path, name, o.elapsed_ms, o.peak_rss_mb))?;
+                out(&o.text)?;
+            }
+        }
+        drop(pool);
+        ctx.models.unload_all();
+        let _ = process_rss();
+    }
+    Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
+}

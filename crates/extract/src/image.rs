@@ -1,0 +1,137 @@
+//! Image decoding for OCR: format from content (not extension), size limits checked before
+//! pixels are allocated, EXIF orientation applied, GIFs read at their first frame.
+
+use crate::{ExtractError, Result};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits};
+use std::io::Cursor;
+use std::path::Path;
+
+/// Largest side accepted, in pixels (a 16k screenshot is already extreme).
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest image accepted, in pixels (about 64 MP: 256 MB as RGBA).
+pub const MAX_PIXELS: u64 = 64_000_000;
+/// Smallest side that can hold a line of text.
+pub const MIN_SIDE: u32 = 8;
+
+fn bad(s: impl Into<String>) -> ExtractError {
+    ExtractError::BadInput(s.into())
+}
+
+/// Decodes an image file, refusing what cannot be or should not be decoded.
+pub fn decode_image(path: &Path, max_file: u64) -> Result<DynamicImage> {
+    let meta = std::fs::metadata(path).map_err(|e| bad(crate::note::io_reason(&e)))?;
+    if meta.len() == 0 {
+        return Err(bad("empty file (zero bytes)"));
+    }
+    if meta.len() > max_file {
+        return Err(bad(format!("file too large: {} (limit {})", mnema_core::ByteSize(meta.len()), mnema_core::ByteSize(max_file))));
+    }
+    let bytes = std::fs::read(path).map_err(|e| bad(crate::note::io_reason(&e)))?;
+    decode_bytes(&bytes, path.extension().and_then(|e| e.to_str()).unwrap_or(""))
+}
+
+/// Decodes image bytes; `ext` only improves the error for formats this build cannot read.
+pub fn decode_bytes(bytes: &[u8], ext: &str) -> Result<DynamicImage> {
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    if reader.format().is_none() {
+        let heic = matches!(ext.to_ascii_lowercase().as_str(), "heic" | "heif") || bytes.get(4..12).is_some_and(|b| b.starts_with(b"ftyphei") || b.starts_with(b"ftypmif"));
+        return Err(bad(if heic {
+            "unsupported format: HEIC/HEIF cannot be decoded by this build (convert to JPEG or PNG)".to_string()
+        } else {
+            "not an image this build can read (expected PNG, JPEG, WebP, BMP, TIFF or GIF)".to_string()
+        }));
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| bad(format!("corrupt image: {e}")))?;
+    check_size(w, h)?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_PIXELS * 4 + (16 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| bad(format!("corrupt image: {e}")))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| bad(format!("corrupt or truncated image: {e}")))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+fn check_size(w: u32, h: u32) -> Result<()> {
+    if w > MAX_SIDE || h > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
+        return Err(bad(format!("image too large to decode safely: {w}×{h} (limits: {MAX_SIDE} px per side, {} MP)", MAX_PIXELS / 1_000_000)));
+    }
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(bad(format!("image too small to hold text: {w}×{h}")));
+    }
+    Ok(())
+}
+
+/// A 64-bit difference hash: near-identical screenshots differ in few bits.
+pub fn dhash(img: &DynamicImage) -> u64 {
+    let small = image::imageops::resize(&img.to_luma8(), 9, 8, image::imageops::FilterType::Triangle);
+    let mut h = 0u64;
+    for y in 0..8 {
+        for x in 0..8 {
+            h = (h << 1) | u64::from(small.get_pixel(x, y)[0] > small.get_pixel(x + 1, y)[0]);
+        }
+    }
+    h
+}
+
+/// Grayscale for OCR, inverted when the image is mostly dark (dark-theme screenshots:
+/// Tesseract reads dark text on light far better), and the scale factor applied (small
+/// images are enlarged 2× so their text reaches the height the recogniser expects).
+pub fn prepare_for_ocr(img: &DynamicImage) -> (GrayImage, f32) {
+    let mut g = img.to_luma8();
+    let mean = g.pixels().map(|p| p[0] as u64).sum::<u64>() / (g.width() as u64 * g.height() as u64).max(1);
+    if mean < 110 {
+        image::imageops::invert(&mut g);
+    }
+    if g.height().min(g.width()) < 400 {
+        let g2 = image::imageops::resize(&g, g.width() * 2, g.height() * 2, image::imageops::FilterType::CatmullRom);
+        return (g2, 2.0);
+    }
+    (g, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = DynamicImage::new_luma8(w, h);
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn refuses_bad_images_with_reasons() {
+        let e = |b: &[u8], ext: &str| decode_bytes(b, ext).unwrap_err().to_string();
+        assert!(e(b"hello, I am text", "png").contains("not an image"));
+        assert!(e(b"\0\0\0\x18ftypheic\0\0\0\0", "heic").contains("HEIC"));
+        let full = png(64, 64);
+        assert!(e(&full[..full.len() / 2], "png").contains("corrupt"));
+        assert!(e(&png(1, 1), "png").contains("too small"));
+        // 20000×20000 is refused from the header, before any pixel is allocated.
+        let mut big = png(64, 64);
+        big[16..20].copy_from_slice(&20000u32.to_be_bytes());
+        big[20..24].copy_from_slice(&20000u32.to_be_bytes());
+        assert!(e(&big, "png").contains("too large"));
+        assert_eq!(decode_bytes(&png(64, 32), "jpg").unwrap().width(), 64, "content decides, not extension");
+    }
+
+    #[test]
+    fn dark_images_are_inverted_and_small_ones_enlarged() {
+        let dark = DynamicImage::new_luma8(100, 50);
+        let (g, scale) = prepare_for_ocr(&dark);
+        assert_eq!(scale, 2.0);
+        assert_eq!(g.dimensions(), (200, 100));
+        assert_eq!(g.get_pixel(0, 0)[0], 255);
+        let a = DynamicImage::ImageLuma8(GrayImage::from_fn(64, 64, |x, _| image::Luma([(x * 4) as u8])));
+        let b = DynamicImage::ImageLuma8(GrayImage::from_fn(64, 64, |x, y| image::Luma([(x * 4) as u8 ^ u8::from(x == 3 && y == 3)])));
+        let c = DynamicImage::ImageLuma8(GrayImage::from_fn(64, 64, |x, _| image::Luma([255 - (x * 4) as u8])));
+        assert!((dhash(&a) ^ dhash(&b)).count_ones() <= 2);
+        assert!((dhash(&a) ^ dhash(&c)).count_ones() > 32);
+    }
+}
