@@ -24,6 +24,8 @@ pub struct HitOut {
     pub start_ms: Option<i64>,
     pub chunk_id: i64,
     pub mtime: String,
+    /// Images: `[x, y, w, h]` of the matching OCR lines.
+    pub boxes: Vec<[u32; 4]>,
 }
 
 impl From<Hit> for HitOut {
@@ -37,6 +39,7 @@ impl From<Hit> for HitOut {
             start_ms: h.start_ms,
             chunk_id: h.chunk_id,
             mtime: mnema_core::time::format(h.mtime),
+            boxes: h.boxes,
         }
     }
 }

@@ -351,3 +351,94 @@ fn status_and_profile_report_memory_and_stages() {
     // The profiled command really ran: its items are searchable.
     assert_eq!(env.top_path(&["beet soup recipe"]), "borsch.md");
 }
+
+/// A screenshot-like PNG drawn by ImageMagick: `lines` of text, light or dark theme.
+fn screenshot(path: &Path, lines: &[&str], dark: bool) {
+    let (bg, fg) = if dark { ("#1e1e1e", "#e0e0e0") } else { ("white", "black") };
+    let mut c = Command::new("convert");
+    c.args(["-size", "1000x260", &format!("xc:{bg}"), "-font", "DejaVu-Sans", "-pointsize", "30", "-fill", fg]);
+    for (i, l) in lines.iter().enumerate() {
+        c.args(["-annotate", &format!("+24+{}", 60 + 70 * i), l]);
+    }
+    assert!(c.arg(path).status().unwrap().success());
+}
+
+#[test]
+fn screenshots_are_found_by_their_text_with_boxes() {
+    let env = Env::new();
+    let dir = env.dir.path().join("shots");
+    std::fs::create_dir_all(&dir).unwrap();
+    screenshot(&dir.join("settings.png"), &["Подписка стоит 299 рублей в месяц", "Отменить подписку можно в настройках"], false);
+    screenshot(&dir.join("editor.png"), &["Идеи по векторизации заметок", "Vector index: HNSW, 384 dims"], true);
+    screenshot(&dir.join("weather.png"), &["Weather tomorrow: sunny, 21 degrees", "Погода на завтра: солнечно"], false);
+    // A near-identical copy (one corner pixel block differs): linked, not OCRed again.
+    assert!(Command::new("convert").arg(dir.join("settings.png")).args(["-fill", "#fefefe", "-draw", "rectangle 990,250 999,259"]).arg(dir.join("settings-again.png")).status().unwrap().success());
+    // Bad ones.
+    std::fs::write(dir.join("broken.png"), b"not really a png").unwrap();
+    std::fs::write(dir.join("empty.png"), b"").unwrap();
+    let full = std::fs::read(dir.join("weather.png")).unwrap();
+    std::fs::write(dir.join("truncated.png"), &full[..full.len() / 2]).unwrap();
+    assert!(Command::new("convert").args(["-size", "1x1", "xc:white"]).arg(dir.join("dot.png")).status().unwrap().success());
+    let mut huge = std::fs::read(dir.join("dot.png")).unwrap();
+    huge[16..20].copy_from_slice(&20000u32.to_be_bytes());
+    huge[20..24].copy_from_slice(&20000u32.to_be_bytes());
+    std::fs::write(dir.join("huge.png"), huge).unwrap();
+    std::fs::copy(dir.join("weather.png"), dir.join("weather-really-png.jpg")).unwrap();
+
+    let o = env.run(&["--json", "ingest", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o);
+    for (name, reason) in [("broken.png", "not an image"), ("empty.png", "empty"), ("truncated.png", "corrupt"), ("dot.png", "too small")] {
+        let l = by_name(&lines, name);
+        assert_eq!(l["status"], "failed", "{name}");
+        assert!(l["error"].as_str().unwrap().contains(reason), "{name}: {l}");
+    }
+    for name in ["settings.png", "editor.png", "weather.png", "settings-again.png", "weather-really-png.jpg"] {
+        assert_eq!(by_name(&lines, name)["status"], "indexed", "{name}");
+    }
+    assert_eq!(env.top_path(&["сколько стоит подписка"]).trim_end_matches(".png").trim_end_matches("-again"), "settings");
+    assert_eq!(env.top_path(&["идеи по векторизации", "--kind", "image"]), "editor.png", "dark theme read");
+    assert_eq!(env.top_path(&["HNSW", "--mode", "keyword"]), "editor.png");
+    // The hit carries the box of the matching line, inside the image.
+    let v = env.search(&["отменить подписку", "--mode", "keyword", "--kind", "image"]);
+    let hit = &v["hits"][0];
+    let boxes = hit["boxes"].as_array().unwrap();
+    assert_eq!(boxes.len(), 1, "{hit}");
+    let b: Vec<u64> = boxes[0].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert!(b[1] > 80 && b[1] + b[3] < 260 && b[0] + b[2] <= 1000, "second line's box: {b:?}");
+    let again = by_name(&lines, "settings-again.png")["id"].as_i64().unwrap();
+    let show: Value = serde_json::from_slice(&env.run(&["--json", "show", &again.to_string()]).stdout).unwrap();
+    let orig = by_name(&lines, "settings.png")["id"].as_i64().unwrap();
+    assert_eq!(show["item"]["meta"]["near_duplicate_of"].as_i64(), Some(orig));
+    // Rerun: all unchanged.
+    let o = env.run(&["--json", "ingest", dir.join("settings.png").to_str().unwrap()]);
+    assert_eq!(json_lines(&o)[0]["status"], "unchanged");
+}
+
+#[test]
+fn ocr_command_reports_text_boxes_time_and_error_rates() {
+    let env = Env::new();
+    let img = env.dir.path().join("t.png");
+    screenshot(&img, &["Привет, world 42", "Second line here"], false);
+    let truth = env.write("truth.txt", "Привет, world 42\nSecond line here".as_bytes());
+    let o = env.run(&["--json", "ocr", img.to_str().unwrap(), "--truth", truth.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = &json_lines(&o)[0];
+    assert_eq!(v["engine"], "tesseract");
+    assert_eq!(v["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(v["text"], "Привет, world 42\nSecond line here");
+    assert!(v["cer"].as_f64().unwrap() < 0.05 && v["elapsed_ms"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["lines"][0]["conf"].as_f64().unwrap() > 50.0);
+    let o = env.run(&["ocr", img.to_str().unwrap(), "--compare"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[tesseract]") && text.contains("paddle-ocr unavailable") && text.contains("apple-vision unavailable"), "{text}");
+    let o = env.run(&["ocr", img.to_str().unwrap(), "--engine", "apple-vision"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("macOS only"));
+    let bad = env.write("bad.png", b"nope");
+    let o = env.run(&["--json", "ocr", bad.to_str().unwrap(), img.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let l = json_lines(&o);
+    assert_eq!(l.len(), 2);
+    assert!(l[0]["error"].as_str().unwrap().contains("not an image"));
+}

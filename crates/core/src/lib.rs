@@ -175,4 +175,7 @@ pub struct Hit {
     pub start_ms: Option<i64>,
     /// The item's modification time, Unix seconds.
     pub mtime: i64,
+    /// For images: boxes `[x, y, w, h]` of the OCR lines that match (all lines of the chunk
+    /// when no word matches).
+    pub boxes: Vec<[u32; 4]>,
 }

@@ -32,6 +32,9 @@ pub fn decode_image(path: &Path, max_file: u64) -> Result<DynamicImage> {
 
 /// Decodes image bytes; `ext` only improves the error for formats this build cannot read.
 pub fn decode_bytes(bytes: &[u8], ext: &str) -> Result<DynamicImage> {
+    if bytes.is_empty() {
+        return Err(bad("empty file (zero bytes)"));
+    }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
         let heic = matches!(ext.to_ascii_lowercase().as_str(), "heic" | "heif") || bytes.get(4..12).is_some_and(|b| b.starts_with(b"ftyphei") || b.starts_with(b"ftypmif"));

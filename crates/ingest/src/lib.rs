@@ -11,6 +11,7 @@ use mnema_extract::chunk::{chunk_text, ChunkSpec};
 use mnema_extract::note::io_reason;
 use mnema_core::profile::stage;
 use mnema_extract::{load_embedder, Embedder, ExtractError, Role};
+use mnema_extract::ocr::{join_lines, EngineOptions, OcrPool};
 use mnema_models::manager::ModelManager;
 use std::sync::Arc;
 use mnema_store::{NewItem, Store};
@@ -164,7 +165,10 @@ impl<'a> Ingester<'a> {
         let mut out = Vec::with_capacity(files.len());
         let mut pending: Vec<Pending> = Vec::new();
         let mut pending_chunks = 0;
-        for path in files {
+        // Work is grouped by model: notes first (embedder), then images in batches (OCR
+        // engines, then the embedder), so each model loads once per batch, not per file.
+        let (images, others): (Vec<&PathBuf>, Vec<&PathBuf>) = files.iter().partition(|p| kind_of(p) == Some(Kind::Image));
+        for path in others {
             match self.prepare(path)? {
                 Prepared::Done(o) => {
                     progress(&o);
@@ -182,8 +186,162 @@ impl<'a> Ingester<'a> {
             }
         }
         self.flush(&mut pending, &mut out, &mut progress)?;
+        let mut queue: std::collections::VecDeque<&PathBuf> = images.into();
+        while !queue.is_empty() {
+            let batch: Vec<&PathBuf> = queue.drain(..queue.len().min(32)).collect();
+            let deferred = self.images(&batch, &mut pending, &mut out, &mut progress)?;
+            self.flush(&mut pending, &mut out, &mut progress)?;
+            // Near-duplicates of images in this batch: now their original is stored.
+            for p in deferred.into_iter().rev() {
+                queue.push_front(p);
+            }
+        }
         self.store.flush()?;
         Ok(out)
+    }
+
+    /// Stores `item` with the chunks and vectors of the stored item `from` (same content, or
+    /// a near-identical screenshot): no extraction, no model.
+    fn reuse(&mut self, item: &NewItem, from: i64) -> Result<Option<Outcome>, IngestError> {
+        let stored = self.store.chunks(from)?;
+        if !stored.iter().all(|(_, v)| v.is_some()) {
+            return Ok(None);
+        }
+        let name = self.store.embedder()?.map(|e| e.0).unwrap_or_default();
+        let (chunks, vecs): (Vec<Chunk>, Vec<Vec<f32>>) = stored.into_iter().map(|(c, v)| (c, v.unwrap_or_default())).unzip();
+        let mut item = item.clone();
+        if item.kind == Kind::Image {
+            // The source's OCR lines (with boxes) come along.
+            if let Some(src) = self.store.item(from)? {
+                for k in ["lines", "engine"] {
+                    if let Some(v) = src.meta.get(k) {
+                        item.meta[k] = v.clone();
+                    }
+                }
+            }
+        }
+        let _s = stage("store");
+        let id = self.store.put_item(&item, &chunks, &vecs, &name)?;
+        Ok(Some(Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(item.kind), status: Status::Indexed, error: None, chunks: chunks.len() }))
+    }
+
+    /// Reads, decodes and OCRs a batch of images on all cores, queueing their text for
+    /// embedding. Exact and near-duplicates (difference hash within 4 bits) reuse the first.
+    fn images<'p>(&mut self, batch: &[&'p PathBuf], pending: &mut Vec<Pending>, out: &mut Vec<Outcome>, progress: &mut impl FnMut(&Outcome)) -> Result<Vec<&'p PathBuf>, IngestError> {
+        let mut todo = Vec::new();
+        let mut deferred = Vec::new();
+        let mut batch_hashes: Vec<u64> = Vec::new();
+        let mut done = |o: Outcome, out: &mut Vec<Outcome>| {
+            progress(&o);
+            out.push(o);
+        };
+        for path in batch {
+            let fail = |e: String| Outcome::failed(path.to_path_buf(), Some(Kind::Image), e);
+            let (bytes, meta) = match read_file(path, MAX_IMAGE_FILE) {
+                Ok(x) => x,
+                Err(e) => {
+                    done(fail(e), out);
+                    continue;
+                }
+            };
+            let sha = mnema_models::catalog::hex(&Sha256::digest(&bytes));
+            let path_str = path.to_string_lossy().into_owned();
+            if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
+                done(Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 }, out);
+                continue;
+            }
+            let decoded = {
+                let _s = stage("decode");
+                mnema_extract::image::decode_bytes(&bytes, path.extension().and_then(|e| e.to_str()).unwrap_or(""))
+            };
+            let img = match decoded {
+                Ok(i) => i,
+                Err(e) => {
+                    done(fail(e.to_string()), out);
+                    continue;
+                }
+            };
+            let hash = mnema_extract::image::dhash(&img);
+            let mut item = NewItem {
+                path: path_str.clone(),
+                kind: Kind::Image,
+                sha256: sha.clone(),
+                size: meta.len(),
+                mtime: mtime(&meta),
+                meta: serde_json::json!({ "width": img.width(), "height": img.height(), "dhash": format!("{hash:016x}") }),
+            };
+            let twin = self.store.item_by_sha256(&sha, &path_str)?.map(|t| t.id);
+            let near = self
+                .store
+                .image_hashes()?
+                .into_iter()
+                .find(|(id, p, h)| p != &path_str && Some(*id) != twin && (h ^ hash).count_ones() <= 4)
+                .map(|(id, _, _)| id);
+            if let Some(from) = twin.or(near) {
+                if near.is_some() && twin.is_none() {
+                    item.meta["near_duplicate_of"] = from.into();
+                }
+                if let Some(o) = self.reuse(&item, from)? {
+                    done(o, out);
+                    continue;
+                }
+            }
+            if batch_hashes.iter().any(|h| (h ^ hash).count_ones() <= 4) {
+                deferred.push(*path);
+                continue;
+            }
+            batch_hashes.push(hash);
+            todo.push((item, mnema_extract::image::prepare_for_ocr(&img)));
+        }
+        if todo.is_empty() {
+            return Ok(deferred);
+        }
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
+        let engine = "tesseract";
+        let est = mnema_extract::ocr::engines().iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory) * workers as u64;
+        let pool = self.models.acquire(&format!("ocr:{engine}"), est, || {
+            let _s = stage("load-model");
+            OcrPool::new(engine, &EngineOptions::default(), workers)
+        })?;
+        let images: Vec<_> = todo.iter().map(|(_, g)| g.clone()).collect();
+        let results = pool.recognize_all(&images);
+        drop(pool);
+        let spec = ChunkSpec { max_tokens: self.config.chunk_tokens, overlap: self.config.chunk_overlap };
+        for ((mut item, _), r) in todo.into_iter().zip(results) {
+            let lines = match r {
+                Ok(l) => l,
+                Err(e) => {
+                    done(Outcome::failed(PathBuf::from(&item.path), Some(Kind::Image), e.to_string()), out);
+                    continue;
+                }
+            };
+            // Each line with its byte range in the joined text, so hits can point at boxes.
+            let mut at = 0;
+            let line_meta: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| {
+                    let v = serde_json::json!({ "text": l.text, "bbox": l.bbox, "conf": l.conf, "start": at, "end": at + l.text.len() });
+                    at += l.text.len() + 1;
+                    v
+                })
+                .collect();
+            item.meta["engine"] = engine.into();
+            item.meta["lines"] = line_meta.into();
+            let text = join_lines(&lines);
+            if text.trim().is_empty() {
+                // No text (a photo): kept, so it is not OCRed again, but nothing to search.
+                let _s = stage("store");
+                let id = self.store.put_item(&item, &[], &[], "")?;
+                done(Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(Kind::Image), status: Status::Indexed, error: None, chunks: 0 }, out);
+                continue;
+            }
+            let embedder = self.embedder()?;
+            match chunk_text(embedder.tokenizer(), &text, spec) {
+                Ok(chunks) => pending.push(Pending { item, chunks }),
+                Err(e) => done(Outcome::failed(PathBuf::from(&item.path), Some(Kind::Image), e.to_string()), out),
+            }
+        }
+        Ok(deferred)
     }
 
     fn prepare(&mut self, path: &Path) -> Result<Prepared, IngestError> {
@@ -197,6 +355,7 @@ impl<'a> Ingester<'a> {
         let kind = match kind {
             Some(Kind::Note) => Kind::Note,
             Some(k) => return fail(format!("{k} files are not supported by this build yet")),
+            // Images go through `images`; only a caller passing one here lands on this arm.
             None => match path.extension().and_then(|e| e.to_str()) {
                 Some(ext) => return fail(format!("unsupported file type '.{ext}'")),
                 None => Kind::Note, // extension-less files are tried as text
@@ -223,7 +382,7 @@ impl<'a> Ingester<'a> {
             Err(e) => return fail(e.to_string()),
         };
         drop(decode);
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
+        let mtime = mtime(&meta);
         let item = NewItem {
             path: path_str.clone(),
             kind,
@@ -234,13 +393,8 @@ impl<'a> Ingester<'a> {
         };
         // Same content under another path: reuse its chunks and vectors.
         if let Some(twin) = self.store.item_by_sha256(&sha, &path_str)? {
-            let stored = self.store.chunks(twin.id)?;
-            if !stored.is_empty() && stored.iter().all(|(_, v)| v.is_some()) {
-                let name = self.store.embedder()?.map(|e| e.0).unwrap_or_default();
-                let (chunks, vecs): (Vec<Chunk>, Vec<Vec<f32>>) = stored.into_iter().map(|(c, v)| (c, v.unwrap_or_default())).unzip();
-                let _s = stage("store");
-                let id = self.store.put_item(&item, &chunks, &vecs, &name)?;
-                return Ok(Prepared::Done(Outcome { path: path.into(), id: Some(id), kind: Some(kind), status: Status::Indexed, error: None, chunks: chunks.len() }));
+            if let Some(o) = self.reuse(&item, twin.id)? {
+                return Ok(Prepared::Done(o));
             }
         }
         let spec = ChunkSpec { max_tokens: self.config.chunk_tokens, overlap: self.config.chunk_overlap };
@@ -275,6 +429,26 @@ impl<'a> Ingester<'a> {
         }
         Ok(())
     }
+}
+
+/// Image files larger than this are refused before decoding.
+pub const MAX_IMAGE_FILE: u64 = 64 << 20;
+
+fn read_file(path: &Path, max: u64) -> Result<(Vec<u8>, std::fs::Metadata), String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Err("not a regular file".into()),
+        Err(e) => return Err(io_reason(&e)),
+    };
+    if meta.len() > max {
+        return Err(format!("file too large: {} (limit {})", mnema_core::ByteSize(meta.len()), mnema_core::ByteSize(max)));
+    }
+    let _s = stage("decode");
+    std::fs::read(path).map(|b| (b, meta)).map_err(|e| io_reason(&e))
+}
+
+fn mtime(meta: &std::fs::Metadata) -> i64 {
+    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64)
 }
 
 enum Prepared {

@@ -96,7 +96,13 @@ pub fn search_with_vector(store: &mut Store, vector: Option<&[f32]>, q: &SearchQ
         let score: HashMap<i64, f64> = batch.iter().copied().collect();
         for row in rows {
             if hits.len() < q.limit && seen.insert(row.item_id) {
-                hits.push(to_hit(&row, score[&row.chunk_id], &terms));
+                let mut hit = to_hit(&row, score[&row.chunk_id], &terms);
+                if row.kind == mnema_core::Kind::Image {
+                    if let Some(item) = store.item(row.item_id)? {
+                        hit.boxes = line_boxes(&item.meta, &row.chunk, &terms);
+                    }
+                }
+                hits.push(hit);
             }
         }
         if hits.len() >= q.limit {
@@ -119,6 +125,34 @@ pub fn fuse(lists: &[Vec<(i64, f64)>]) -> Vec<(i64, f64)> {
     out
 }
 
+/// Boxes of the OCR lines (from the item's metadata) inside `chunk` that contain a query
+/// term; all of the chunk's lines when none does (a semantic match).
+fn line_boxes(meta: &serde_json::Value, chunk: &mnema_core::Chunk, terms: &[String]) -> Vec<[u32; 4]> {
+    let Some(lines) = meta.get("lines").and_then(|l| l.as_array()) else { return Vec::new() };
+    let inside: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            let (s, e) = (l["start"].as_u64().unwrap_or(0), l["end"].as_u64().unwrap_or(0));
+            s < chunk.end as u64 && e > chunk.start as u64
+        })
+        .collect();
+    let bbox = |l: &serde_json::Value| -> Option<[u32; 4]> {
+        let b = l["bbox"].as_array()?;
+        let v: Vec<u32> = b.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect();
+        v.try_into().ok()
+    };
+    let matching: Vec<[u32; 4]> = inside
+        .iter()
+        .filter(|l| text::words(l["text"].as_str().unwrap_or("")).any(|w| terms.contains(&text::term(w.text))))
+        .filter_map(|l| bbox(l))
+        .collect();
+    if matching.is_empty() {
+        inside.iter().filter_map(|l| bbox(l)).collect()
+    } else {
+        matching
+    }
+}
+
 fn to_hit(row: &ChunkRow, score: f64, terms: &[String]) -> Hit {
     Hit {
         id: row.item_id,
@@ -129,6 +163,7 @@ fn to_hit(row: &ChunkRow, score: f64, terms: &[String]) -> Hit {
         snippet: snippet(&row.chunk.text, terms, 24),
         start_ms: row.chunk.start_ms,
         mtime: row.mtime,
+        boxes: Vec::new(),
     }
 }
 

@@ -217,6 +217,25 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// The difference hashes of stored images: `(id, path, hash)`.
+    pub fn image_hashes(&self) -> Result<Vec<(i64, String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, path, json_extract(meta, '$.dhash') FROM items WHERE kind = 'image' AND json_extract(meta, '$.dhash') IS NOT NULL")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, path, h) = r.map_err(|e| self.sql(e))?;
+            if let Ok(h) = u64::from_str_radix(&h, 16) {
+                out.push((id, path, h));
+            }
+        }
+        Ok(out)
+    }
+
     /// Items matching `filters`, newest first.
     pub fn items(&self, filters: &Filters, limit: usize, offset: usize) -> Result<Vec<Item>> {
         let (cond, mut args) = filter_sql(filters);
