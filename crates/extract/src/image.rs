@@ -108,6 +108,18 @@ mod tests {
         out.into_inner()
     }
 
+    /// PNG's CRC-32 (over a chunk's type and data), to forge a valid oversized header.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
     #[test]
     fn refuses_bad_images_with_reasons() {
         let e = |b: &[u8], ext: &str| decode_bytes(b, ext).unwrap_err().to_string();
@@ -120,7 +132,9 @@ mod tests {
         let mut big = png(64, 64);
         big[16..20].copy_from_slice(&20000u32.to_be_bytes());
         big[20..24].copy_from_slice(&20000u32.to_be_bytes());
-        assert!(e(&big, "png").contains("too large"));
+        let crc = crc32(&big[12..29]);
+        big[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert!(e(&big, "png").contains("too large"), "{}", e(&big, "png"));
         assert_eq!(decode_bytes(&png(64, 32), "jpg").unwrap().width(), 64, "content decides, not extension");
     }
 
