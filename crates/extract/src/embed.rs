@@ -74,7 +74,7 @@ pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>>
         let layers = if name == "all-minilm-l6-v2" { 6 } else { 12 };
         load_safetensors(&files.path("model.safetensors"), 12, layers)
     };
-    tracing::debug!("{name} weights loaded in {:?}, rss {} MB", t0.elapsed(), rss_mb());
+    tracing::debug!("{name} weights loaded in {:?}, rss {} MB", t0.elapsed(), mnema_models::manager::process_rss() / 1_000_000);
     let tokenizer = tokenizer.join().map_err(|_| ExtractError::Tokenizer { path: tokenizer_path, reason: "loader panicked".into() })??;
     // Parsing the tokenizer JSON leaves ~100 MB of freed buffers behind.
     mnema_models::release_free_memory();
@@ -87,7 +87,7 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::from_file(path).map_err(|e| tk_err(e.to_string()))?;
     tokenizer.with_padding(None);
     tokenizer.with_truncation(None).map_err(|e| tk_err(e.to_string()))?;
-    tracing::debug!("tokenizer {} loaded in {:?}, rss {} MB", path.display(), t0.elapsed(), rss_mb());
+    tracing::debug!("tokenizer {} loaded in {:?}, rss {} MB", path.display(), t0.elapsed(), mnema_models::manager::process_rss() / 1_000_000);
     Ok(tokenizer)
 }
 
@@ -185,8 +185,4 @@ impl Embedder for BertEmbedder {
         }
         Ok(out)
     }
-}
-
-fn rss_mb() -> u64 {
-    std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0) * 4096 / 1_000_000
 }

@@ -65,15 +65,14 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         });
     }
 
-    // Debian packages for engines (OCR).
-    let tessdata = ["/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata"]
-        .iter()
-        .map(std::path::Path::new)
-        .find(|p| p.join("rus.traineddata").is_file() && p.join("eng.traineddata").is_file());
-    checks.push(match tessdata {
-        Some(p) => check_item("tesseract rus+eng", "ok", p.display().to_string(), None),
-        None => check_item("tesseract rus+eng", "warn", "not found (needed for screenshot OCR)", Some("apt-get install tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng libtesseract-dev")),
-    });
+    // OCR engines, as the engine registry finds them (Tesseract needs Debian's packages).
+    for e in mnema_extract::ocr::engines().into_iter().filter(|e| e.name == "tesseract") {
+        checks.push(if e.available {
+            check_item("tesseract rus+eng", "ok", format!("OCR languages: {}", e.languages), None)
+        } else {
+            check_item("tesseract rus+eng", "warn", e.reason.unwrap_or_default(), Some("apt-get install tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng libtesseract-dev"))
+        });
+    }
 
     // Memory: low available RAM or busy swap is what made the first prototype crawl.
     let mut sys = sysinfo::System::new().map_err(|e| anyhow::anyhow!("cannot read memory figures: {e}"))?;

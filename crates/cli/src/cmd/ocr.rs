@@ -5,7 +5,6 @@ use crate::exit;
 use anyhow::{bail, Result};
 use mnema_extract::image::{decode_image, prepare_for_ocr};
 use mnema_extract::ocr::{engines, error_rates, join_lines, EngineOptions, OcrLine, OcrPool};
-use mnema_models::manager::process_rss;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,14 +39,6 @@ struct OcrOut<'a> {
     wer: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
-}
-
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
-        .unwrap_or(0)
-        * 1024
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
@@ -104,7 +95,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             };
             let text = join_lines(&lines);
             let (cer, wer) = truth.as_deref().map(|t| error_rates(&text, t)).unzip();
-            let o = OcrOut { path: path.display().to_string(), engine: name, text, lines, elapsed_ms: (per_image * 10.0).round() / 10.0, peak_rss_mb: (peak_rss() as f64 / 1048576.0 * 10.0).round() / 10.0, cer, wer, error };
+            let o = OcrOut { path: path.display().to_string(), engine: name, text, lines, elapsed_ms: (per_image * 10.0).round() / 10.0, peak_rss_mb: (super::profile::status_kb("VmHWM:") as f64 / 1048576.0 * 10.0).round() / 10.0, cer, wer, error };
             if ctx.json {
                 out_json(&o)?;
             } else {
@@ -115,7 +106,6 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         }
         drop(pool);
         ctx.models.unload_all();
-        let _ = process_rss();
     }
     Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
 }

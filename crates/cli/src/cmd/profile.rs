@@ -45,7 +45,8 @@ pub fn cpu_time() -> Duration {
     }
 }
 
-fn status_kb(key: &str) -> u64 {
+/// A `kB` field of /proc/self/status (`VmHWM:`, `VmSwap:`), in bytes; 0 when unknown.
+pub fn status_kb(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
