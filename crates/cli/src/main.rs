@@ -23,7 +23,7 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
 }
 
-/// mnema — a local second memory: find your notes (and soon screenshots and voice memos) by
+/// mnema — a local second memory: find your notes, screenshots and voice memos by
 /// meaning or by words, in Russian or English. Everything stays on this machine.
 #[derive(Parser, Debug)]
 #[command(name = "mnema", version, about, long_about = None, propagate_version = true)]
@@ -51,7 +51,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Index files and folders (Markdown and text notes); unchanged files are skipped.
+    /// Index files and folders (notes, images, audio); unchanged files are skipped.
     Ingest(cmd::ingest::Args),
     /// Search by meaning and by words (hybrid by default).
     Search(cmd::search::Args),
@@ -61,6 +61,8 @@ enum Command {
     Delete(cmd::items::DeleteArgs),
     /// Read the text in images with an OCR engine, or compare engines side by side.
     Ocr(cmd::ocr::Args),
+    /// Transcribe voice memos and recordings (Whisper), with timestamps.
+    Transcribe(cmd::transcribe::Args),
     /// Print embedding vectors for texts (for checks and scripting).
     Embed(cmd::embed::Args),
     /// List, fetch and verify model files.
@@ -112,6 +114,7 @@ fn dispatch(ctx: &cmd::Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Delete(a) => cmd::items::delete(ctx, a),
         Command::Embed(a) => cmd::embed::run(ctx, a),
         Command::Ocr(a) => cmd::ocr::run(ctx, a),
+        Command::Transcribe(a) => cmd::transcribe::run(ctx, a),
         Command::Models(a) => cmd::models::run(ctx, a),
         Command::Doctor => cmd::doctor::run(ctx),
         Command::Status => cmd::status::run(ctx),

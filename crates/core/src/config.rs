@@ -30,6 +30,13 @@ pub struct Config {
     pub chunk_overlap: usize,
     /// Texts per embedding batch (default 32); bounds peak activation memory.
     pub embed_batch: usize,
+    /// Speech-to-text model (`MNEMA_SPEECH_MODEL`, default `whisper-base`).
+    pub speech_model: String,
+    /// Languages spoken in the recordings (`MNEMA_LANGUAGES`, default `ru,en`): language
+    /// detection chooses among these; `auto` lets it choose among all Whisper knows.
+    pub languages: String,
+    /// Audio files larger than this are refused (`MNEMA_MAX_AUDIO_SIZE`, default 2 GiB).
+    pub max_audio_size: ByteSize,
 }
 
 impl Config {
@@ -52,7 +59,20 @@ impl Config {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(ByteSize(10 << 20));
-        Config { home, models_dir, embedder, max_note_size, chunk_tokens: 256, chunk_overlap: 32, embed_batch: 32 }
+        let var = |k: &str, d: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| d.to_string());
+        let max_audio_size = std::env::var("MNEMA_MAX_AUDIO_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(ByteSize(2 << 30));
+        Config {
+            home,
+            models_dir,
+            embedder,
+            max_note_size,
+            chunk_tokens: 256,
+            chunk_overlap: 32,
+            embed_batch: 32,
+            speech_model: var("MNEMA_SPEECH_MODEL", "whisper-base"),
+            languages: var("MNEMA_LANGUAGES", "ru,en"),
+            max_audio_size,
+        }
     }
 
     /// A configuration rooted at `home` with models from `models_dir` (tests, benches).

@@ -1,17 +1,20 @@
 //! Engines that turn files into text and text into vectors: note reading, token-aware
-//! chunking, sentence embeddings (candle). OCR, speech and captioning engines join here
-//! behind their own traits.
+//! chunking, sentence embeddings (candle), OCR engines, audio decoding, voice-activity
+//! detection and speech to text (Whisper over candle).
 //!
 //! **Architecture Invariant:** nothing here knows about SQLite, HTTP or the CLI; engines get
 //! weights through `mnema-models` and return plain structs.
 #![deny(missing_docs)]
 
+pub mod audio;
 pub mod bert;
 pub mod chunk;
 pub mod embed;
 pub mod image;
 pub mod note;
 pub mod ocr;
+pub mod vad;
+pub mod whisper;
 
 pub use embed::{load_embedder, Embedder, Role};
 

@@ -12,6 +12,9 @@ use mnema_extract::note::io_reason;
 use mnema_core::profile::stage;
 use mnema_extract::{load_embedder, Embedder, ExtractError, Role};
 use mnema_extract::ocr::{join_lines, EngineOptions, OcrPool};
+use mnema_extract::vad::Vad;
+use mnema_extract::whisper::{parse_language, Transcript, TranscribeOptions, Whisper};
+use std::sync::Mutex;
 use mnema_models::manager::ModelManager;
 use std::sync::Arc;
 use mnema_store::{NewItem, Store};
@@ -136,6 +139,69 @@ pub fn acquire_embedder(config: &Config, models: &ModelManager, name: &str) -> R
     Ok(e)
 }
 
+/// The speech model `name` through the memory budget.
+pub fn acquire_whisper(config: &Config, models: &ModelManager, name: &str) -> Result<Arc<Whisper>, ExtractError> {
+    let estimate = mnema_extract::whisper::estimate_cost(&config.models_dir, name);
+    models.acquire(&format!("asr:{name}"), estimate, || {
+        let _s = stage("load-model");
+        mnema_extract::whisper::load_whisper(&config.models_dir, name)
+    })
+}
+
+/// The voice-activity detector through the memory budget (Silero, or the loudness gate when
+/// ONNX Runtime cannot load). About 30 MB with ONNX Runtime.
+pub fn acquire_vad(config: &Config, models: &ModelManager) -> Result<Arc<Mutex<Box<dyn Vad>>>, ExtractError> {
+    models.acquire("vad:silero", 40 << 20, || {
+        let _s = stage("load-model");
+        Ok::<_, ExtractError>(Mutex::new(mnema_extract::vad::load_vad(&config.models_dir)))
+    })
+}
+
+/// Decoding options from the configuration: `languages` is `auto`, one code, or a list to
+/// detect among.
+pub fn transcribe_options(languages: &str) -> TranscribeOptions {
+    let (language, candidates) = parse_language(languages);
+    TranscribeOptions { language, candidates, ..TranscribeOptions::default() }
+}
+
+/// Transcribes one audio file with the given engines.
+pub fn transcribe_file(path: &Path, whisper: &Whisper, vad: Option<&Mutex<Box<dyn Vad>>>, opts: &TranscribeOptions, progress: impl FnMut(i64, Option<i64>)) -> Result<Transcript, ExtractError> {
+    let mut stream = {
+        let _s = stage("decode");
+        mnema_extract::audio::AudioStream::open(path)?
+    };
+    match vad {
+        Some(v) => {
+            let mut guard = v.lock().unwrap_or_else(|e| e.into_inner());
+            guard.reset();
+            whisper.transcribe(&mut stream, Some(guard.as_mut()), opts, progress)
+        }
+        None => whisper.transcribe(&mut stream, None, opts, progress),
+    }
+}
+
+/// Groups transcript segments into chunks of at most ~`max_chars` characters and 60 s, each
+/// keeping the time of its first and last segment. Byte offsets are into `Transcript::text()`.
+pub fn audio_chunks(t: &Transcript, max_chars: usize) -> Vec<Chunk> {
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut at = 0u32;
+    for s in &t.segments {
+        let start = at;
+        let end = start + s.text.len() as u32;
+        at = end + 1;
+        match chunks.last_mut() {
+            Some(c) if c.text.chars().count() + 1 + s.text.chars().count() <= max_chars && s.end_ms - c.start_ms.unwrap_or(0) <= 60_000 => {
+                c.text.push(' ');
+                c.text.push_str(&s.text);
+                c.end = end;
+                c.end_ms = Some(s.end_ms);
+            }
+            _ => chunks.push(Chunk { seq: chunks.len() as u32, text: s.text.clone(), start, end, start_ms: Some(s.start_ms), end_ms: Some(s.end_ms) }),
+        }
+    }
+    chunks
+}
+
 /// Runs ingest over a store, loading the embedding model (through the memory budget) only if
 /// some file needs it.
 pub struct Ingester<'a> {
@@ -168,6 +234,7 @@ impl<'a> Ingester<'a> {
         // Work is grouped by model: notes first (embedder), then images in batches (OCR
         // engines, then the embedder), so each model loads once per batch, not per file.
         let (images, others): (Vec<&PathBuf>, Vec<&PathBuf>) = files.iter().partition(|p| kind_of(p) == Some(Kind::Image));
+        let (audio, others): (Vec<&PathBuf>, Vec<&PathBuf>) = others.into_iter().partition(|p| kind_of(p) == Some(Kind::Audio));
         for path in others {
             match self.prepare(path)? {
                 Prepared::Done(o) => {
@@ -196,8 +263,124 @@ impl<'a> Ingester<'a> {
                 queue.push_front(p);
             }
         }
+        // Audio last, a few files at a time: the speech model is held while they are
+        // transcribed, then released so the embedder can have the memory back.
+        for batch in audio.chunks(8) {
+            self.audio(batch, &mut pending, &mut out, &mut progress)?;
+            self.flush(&mut pending, &mut out, &mut progress)?;
+        }
         self.store.flush()?;
         Ok(out)
+    }
+
+    /// Transcribes a batch of recordings, queueing their transcript chunks for embedding.
+    fn audio(&mut self, batch: &[&PathBuf], pending: &mut Vec<Pending>, out: &mut Vec<Outcome>, progress: &mut impl FnMut(&Outcome)) -> Result<(), IngestError> {
+        let mut todo: Vec<(NewItem, &PathBuf)> = Vec::new();
+        for path in batch {
+            let fail = |e: String| Outcome::failed(path.to_path_buf(), Some(Kind::Audio), e);
+            let meta = match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => {
+                    let o = fail("not a regular file".into());
+                    progress(&o);
+                    out.push(o);
+                    continue;
+                }
+                Err(e) => {
+                    let o = fail(io_reason(&e));
+                    progress(&o);
+                    out.push(o);
+                    continue;
+                }
+            };
+            if meta.len() > self.config.max_audio_size.0 {
+                let o = fail(format!("file too large: {} (limit {}; set MNEMA_MAX_AUDIO_SIZE)", mnema_core::ByteSize(meta.len()), self.config.max_audio_size));
+                progress(&o);
+                out.push(o);
+                continue;
+            }
+            let sha = {
+                let _s = stage("decode");
+                match mnema_models::catalog::sha256_file(path) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let o = fail(e.to_string());
+                        progress(&o);
+                        out.push(o);
+                        continue;
+                    }
+                }
+            };
+            let path_str = path.to_string_lossy().into_owned();
+            if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
+                let o = Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 };
+                progress(&o);
+                out.push(o);
+                continue;
+            }
+            let item = NewItem { path: path_str.clone(), kind: Kind::Audio, sha256: sha.clone(), size: meta.len(), mtime: mtime(&meta), meta: serde_json::json!({}) };
+            if let Some(twin) = self.store.item_by_sha256(&sha, &path_str)? {
+                let mut item = item.clone();
+                if let Some(src) = self.store.item(twin.id)? {
+                    item.meta = src.meta.clone();
+                }
+                if let Some(o) = self.reuse(&item, twin.id)? {
+                    progress(&o);
+                    out.push(o);
+                    continue;
+                }
+            }
+            todo.push((item, path));
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // Give the embedder's memory up while the speech model works (it is reloaded after
+        // if both do not fit the budget).
+        self.embedder = None;
+        let name = self.config.speech_model.clone();
+        let whisper = acquire_whisper(self.config, self.models, &name)?;
+        let vad = acquire_vad(self.config, self.models)?;
+        let opts = transcribe_options(&self.config.languages);
+        let mut done = Vec::new();
+        for (mut item, path) in todo {
+            let t0 = std::time::Instant::now();
+            match transcribe_file(path, &whisper, Some(&vad), &opts, |_, _| {}) {
+                Ok(t) => {
+                    let secs = t0.elapsed().as_secs_f64();
+                    tracing::info!("{}: {:.1}s of audio in {secs:.1}s", path.display(), t.audio_ms as f64 / 1000.0);
+                    item.meta = serde_json::json!({
+                        "model": name,
+                        "language": t.language,
+                        "audio_ms": t.audio_ms,
+                        "segments": t.segments,
+                        "title": t.text().chars().take(80).collect::<String>(),
+                    });
+                    done.push((item, t));
+                }
+                Err(e) => {
+                    let o = Outcome::failed(path.to_path_buf(), Some(Kind::Audio), e.to_string());
+                    progress(&o);
+                    out.push(o);
+                }
+            }
+        }
+        drop(whisper);
+        drop(vad);
+        for (item, t) in done {
+            let chunks = audio_chunks(&t, 600);
+            if chunks.is_empty() {
+                // Silence or no words: kept (so it is not transcribed again), nothing to search.
+                let _s = stage("store");
+                let id = self.store.put_item(&item, &[], &[], "")?;
+                let o = Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(Kind::Audio), status: Status::Indexed, error: None, chunks: 0 };
+                progress(&o);
+                out.push(o);
+                continue;
+            }
+            pending.push(Pending { item, chunks });
+        }
+        Ok(())
     }
 
     /// Stores `item` with the chunks and vectors of the stored item `from` (same content, or

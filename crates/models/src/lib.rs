@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod catalog;
+pub mod ct2;
 pub mod e5q4;
 pub mod hub;
 pub mod manager;

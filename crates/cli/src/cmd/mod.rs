@@ -9,6 +9,7 @@ pub mod ocr;
 pub mod profile;
 pub mod search;
 pub mod status;
+pub mod transcribe;
 
 use anyhow::{Context, Result};
 use mnema_core::{ByteSize, Config};

@@ -1,0 +1,362 @@
+//! The Whisper encoder-decoder over candle, with key/value caches for decoding.
+//!
+//! One implementation for both weight sources: CTranslate2's `model.bin` (fp16, as the
+//! registry package ships it) and Hugging Face safetensors (the hub's original files). Q, K and
+//! V are one fused matmul (CTranslate2 stores them stacked; the hub's separate matrices are
+//! stacked at load). The decoder caches self-attention keys and values per layer, and the
+//! cross-attention keys and values of the current audio window, so each new token costs one
+//! row through the layers instead of the whole prefix again.
+
+use crate::Result;
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear};
+use mnema_models::ct2::Ct2File;
+use std::collections::HashMap;
+
+/// Architecture numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WhisperShape {
+    /// Mel bands of the input (80 for base).
+    pub n_mels: usize,
+    /// Width of the model (512 for base).
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Encoder positions (1500: 30 s after the stride-2 convolution).
+    pub audio_ctx: usize,
+    /// Decoder positions (448).
+    pub text_ctx: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+}
+
+struct Attn {
+    /// Self-attention: q, k, v stacked; cross-attention: q only.
+    q_or_qkv: Linear,
+    /// Cross-attention only: k, v stacked (applied to the audio features once per window).
+    kv: Option<Linear>,
+    out: Linear,
+    ln: LayerNorm,
+}
+
+struct Block {
+    attn: Attn,
+    cross: Option<Attn>,
+    mlp_ln: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// Decoder state for one audio window: cached keys and values.
+pub struct DecoderState {
+    cross: Vec<(Tensor, Tensor)>,
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Tokens decoded so far (the next token's position).
+    pub len: usize,
+}
+
+/// A loaded Whisper model.
+pub struct WhisperModel {
+    /// Architecture numbers.
+    pub shape: WhisperShape,
+    conv1: (Tensor, Tensor),
+    conv2: (Tensor, Tensor),
+    enc_pos: Tensor,
+    encoder: Vec<Block>,
+    enc_ln: LayerNorm,
+    tok_emb: Tensor,
+    dec_pos: Tensor,
+    decoder: Vec<Block>,
+    dec_ln: LayerNorm,
+    /// Bytes of weights held.
+    pub weight_bytes: usize,
+}
+
+/// Where weights come from: a name in CTranslate2's layout, answered from either format.
+trait Source {
+    fn tensor(&self, name: &str) -> Result<Tensor>;
+    fn int(&self, name: &str) -> Option<i64>;
+}
+
+struct Ct2Source<'a>(&'a Ct2File);
+
+impl Source for Ct2Source<'_> {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let (v, dims) = self.0.f32(name)?;
+        Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
+    }
+    fn int(&self, name: &str) -> Option<i64> {
+        self.0.int(name)
+    }
+}
+
+/// Hugging Face names (`model.encoder.layers.0.self_attn.q_proj.weight`…) behind the
+/// CTranslate2 names, stacking q/k/v (k has no bias: zeros) as CTranslate2 does.
+struct HfSource {
+    t: HashMap<String, Tensor>,
+    heads: usize,
+    path: std::path::PathBuf,
+}
+
+impl HfSource {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let t = self.t.get(name).ok_or_else(|| mnema_models::ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} missing") })?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    fn stacked(&self, prefix: &str, parts: &[&str], suffix: &str) -> Result<Tensor> {
+        let mut v = Vec::new();
+        for p in parts {
+            let name = format!("{prefix}.{p}.{suffix}");
+            if suffix == "bias" && *p == "k_proj" {
+                let q = self.get(&format!("{prefix}.q_proj.bias"))?;
+                v.push(q.zeros_like()?);
+            } else {
+                v.push(self.get(&name)?);
+            }
+        }
+        Ok(Tensor::cat(&v, 0)?)
+    }
+}
+
+impl Source for HfSource {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let parts: Vec<&str> = name.split('/').collect();
+        let side = parts[0]; // encoder | decoder
+        let base = format!("model.{side}");
+        let wb = |s: &str| if s == "gamma" { "weight" } else if s == "beta" { "bias" } else { s }.to_string();
+        match parts.as_slice() {
+            [_, "conv1" | "conv2", wt] => self.get(&format!("{base}.{}.{wt}", parts[1])),
+            [_, "position_encodings", _] => self.get(&format!("{base}.embed_positions.weight")),
+            ["decoder", "embeddings", _] => self.get("model.decoder.embed_tokens.weight"),
+            [_, "layer_norm", g] => self.get(&format!("{base}.layer_norm.{}", wb(g))),
+            [_, layer, module, sub, rest @ ..] => {
+                let i = layer.trim_start_matches("layer_");
+                let l = format!("{base}.layers.{i}");
+                let attn = if *module == "self_attention" { "self_attn" } else { "encoder_attn" };
+                match (*module, *sub, rest) {
+                    ("ffn", "layer_norm", [g]) => self.get(&format!("{l}.final_layer_norm.{}", wb(g))),
+                    ("ffn", "linear_0", [w]) => self.get(&format!("{l}.fc1.{w}")),
+                    ("ffn", "linear_1", [w]) => self.get(&format!("{l}.fc2.{w}")),
+                    (_, "layer_norm", [g]) => self.get(&format!("{l}.{attn}_layer_norm.{}", wb(g))),
+                    ("self_attention", "linear_0", [w]) => self.stacked(&format!("{l}.{attn}"), &["q_proj", "k_proj", "v_proj"], w),
+                    ("self_attention", "linear_1", [w]) | ("attention", "linear_2", [w]) => self.get(&format!("{l}.{attn}.out_proj.{w}")),
+                    ("attention", "linear_0", [w]) => self.get(&format!("{l}.{attn}.q_proj.{w}")),
+                    ("attention", "linear_1", [w]) => self.stacked(&format!("{l}.{attn}"), &["k_proj", "v_proj"], w),
+                    _ => self.get(name),
+                }
+            }
+            _ => self.get(name),
+        }
+    }
+    fn int(&self, name: &str) -> Option<i64> {
+        name.ends_with("num_heads").then_some(self.heads as i64)
+    }
+}
+
+fn linear(s: &dyn Source, name: &str) -> Result<Linear> {
+    Ok(Linear::new(s.tensor(&format!("{name}/weight"))?, Some(s.tensor(&format!("{name}/bias"))?)))
+}
+
+fn layer_norm(s: &dyn Source, name: &str) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(s.tensor(&format!("{name}/gamma"))?, s.tensor(&format!("{name}/beta"))?, 1e-5))
+}
+
+fn attn(s: &dyn Source, p: &str, cross: bool) -> Result<Attn> {
+    Ok(if cross {
+        Attn { q_or_qkv: linear(s, &format!("{p}/linear_0"))?, kv: Some(linear(s, &format!("{p}/linear_1"))?), out: linear(s, &format!("{p}/linear_2"))?, ln: layer_norm(s, &format!("{p}/layer_norm"))? }
+    } else {
+        Attn { q_or_qkv: linear(s, &format!("{p}/linear_0"))?, kv: None, out: linear(s, &format!("{p}/linear_1"))?, ln: layer_norm(s, &format!("{p}/layer_norm"))? }
+    })
+}
+
+fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
+    Ok(Block {
+        attn: attn(s, &format!("{p}/self_attention"), false)?,
+        cross: if decoder { Some(attn(s, &format!("{p}/attention"), true)?) } else { None },
+        mlp_ln: layer_norm(s, &format!("{p}/ffn/layer_norm"))?,
+        fc1: linear(s, &format!("{p}/ffn/linear_0"))?,
+        fc2: linear(s, &format!("{p}/ffn/linear_1"))?,
+    })
+}
+
+/// Scaled dot-product attention over `[1, heads, t, dh]` tensors, with an optional additive mask.
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let dh = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+}
+
+fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    x.reshape((b, t, heads, d / heads))?.transpose(1, 2)?.contiguous()
+}
+
+fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, t, dh) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, t, h * dh))
+}
+
+impl WhisperModel {
+    /// Builds the model from a CTranslate2 `WhisperSpec` file.
+    pub fn from_ct2(f: &Ct2File) -> Result<WhisperModel> {
+        if f.spec != "WhisperSpec" {
+            return Err(mnema_models::ModelError::Format { path: f.path().into(), reason: format!("spec is {}, expected WhisperSpec", f.spec) }.into());
+        }
+        Self::build(&Ct2Source(f), f.names())
+    }
+
+    /// Builds the model from Hugging Face safetensors (`openai/whisper-*`).
+    pub fn from_safetensors(path: &std::path::Path, heads: usize) -> Result<WhisperModel> {
+        let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| mnema_models::ModelError::Format { path: path.into(), reason: e.to_string() })?;
+        let names: Vec<String> = t.keys().map(|k| k.replace("model.encoder.layers.", "encoder/layer_").replace("model.decoder.layers.", "decoder/layer_")).collect();
+        let src = HfSource { t, heads, path: path.into() };
+        Self::build(&src, names.iter().map(String::as_str))
+    }
+
+    fn build<'a>(s: &dyn Source, names: impl Iterator<Item = &'a str>) -> Result<WhisperModel> {
+        let mut enc_layers = 0;
+        let mut dec_layers = 0;
+        for n in names {
+            for (prefix, count) in [("encoder/layer_", &mut enc_layers), ("decoder/layer_", &mut dec_layers)] {
+                if let Some(rest) = n.strip_prefix(prefix) {
+                    if let Some(i) = rest.split(['/', '.']).next().and_then(|i| i.parse::<usize>().ok()) {
+                        *count = (*count).max(i + 1);
+                    }
+                }
+            }
+        }
+        let conv1 = (s.tensor("encoder/conv1/weight")?, s.tensor("encoder/conv1/bias")?);
+        let conv2 = (s.tensor("encoder/conv2/weight")?, s.tensor("encoder/conv2/bias")?);
+        let enc_pos = s.tensor("encoder/position_encodings/encodings")?;
+        let tok_emb = s.tensor("decoder/embeddings/weight")?;
+        let dec_pos = s.tensor("decoder/position_encodings/encodings")?;
+        let (vocab, d_model) = tok_emb.dims2()?;
+        let heads = s.int("decoder/num_heads").unwrap_or((d_model / 64) as i64) as usize;
+        let shape = WhisperShape {
+            n_mels: conv1.0.dim(1)?,
+            d_model,
+            heads,
+            encoder_layers: enc_layers,
+            decoder_layers: dec_layers,
+            audio_ctx: enc_pos.dim(0)?,
+            text_ctx: dec_pos.dim(0)?,
+            vocab,
+        };
+        let encoder = (0..enc_layers).map(|i| block(s, &format!("encoder/layer_{i}"), false)).collect::<Result<Vec<_>>>()?;
+        let decoder = (0..dec_layers).map(|i| block(s, &format!("decoder/layer_{i}"), true)).collect::<Result<Vec<_>>>()?;
+        let params = |b: &Block| {
+            let a = |a: &Attn| a.q_or_qkv.weight().elem_count() + a.kv.as_ref().map_or(0, |k| k.weight().elem_count()) + a.out.weight().elem_count();
+            a(&b.attn) + b.cross.as_ref().map_or(0, a) + b.fc1.weight().elem_count() + b.fc2.weight().elem_count()
+        };
+        let n: usize = encoder.iter().chain(&decoder).map(params).sum::<usize>()
+            + tok_emb.elem_count()
+            + enc_pos.elem_count()
+            + dec_pos.elem_count()
+            + conv1.0.elem_count()
+            + conv2.0.elem_count();
+        Ok(WhisperModel {
+            shape,
+            conv1,
+            conv2,
+            enc_pos,
+            encoder,
+            enc_ln: layer_norm(s, "encoder/layer_norm")?,
+            tok_emb,
+            dec_pos,
+            decoder,
+            dec_ln: layer_norm(s, "decoder/layer_norm")?,
+            weight_bytes: n * 4,
+        })
+    }
+
+    /// Encodes a log-mel window `[n_mels][frames]` (frames = 2 × audio_ctx) into audio features.
+    pub fn encode(&self, mel: &[f32], frames: usize) -> Result<Tensor> {
+        let _s = mnema_core::profile::stage("asr");
+        let x = Tensor::from_slice(mel, (1, self.shape.n_mels, frames), &Device::Cpu)?;
+        let x = x.conv1d(&self.conv1.0, 1, 1, 1, 1)?.broadcast_add(&self.conv1.1.reshape((1, (), 1))?)?.gelu_erf()?;
+        let x = x.conv1d(&self.conv2.0, 1, 2, 1, 1)?.broadcast_add(&self.conv2.1.reshape((1, (), 1))?)?.gelu_erf()?;
+        let x = x.transpose(1, 2)?;
+        let t = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.enc_pos.i(..t)?)?;
+        for b in &self.encoder {
+            let h = b.attn.ln.forward(&x)?;
+            let qkv = b.attn.q_or_qkv.forward(&h)?;
+            let d = self.shape.d_model;
+            let (q, k, v) = (qkv.narrow(2, 0, d)?, qkv.narrow(2, d, d)?, qkv.narrow(2, 2 * d, d)?);
+            let heads = self.shape.heads;
+            let a = sdpa(&split_heads(&q, heads)?, &split_heads(&k, heads)?, &split_heads(&v, heads)?, None)?;
+            x = (x + b.attn.out.forward(&merge_heads(&a)?)?)?;
+            let h = b.mlp_ln.forward(&x)?;
+            x = (&x + b.fc2.forward(&b.fc1.forward(&h)?.gelu_erf()?)?)?;
+        }
+        Ok(self.enc_ln.forward(&x)?)
+    }
+
+    /// A fresh decoder state for one window's audio features (computes cross-attention K, V).
+    pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        let mut cross = Vec::with_capacity(self.decoder.len());
+        for b in &self.decoder {
+            let c = b.cross.as_ref().expect("decoder blocks have cross-attention");
+            let kv = c.kv.as_ref().expect("cross-attention has k, v").forward(audio)?;
+            let d = self.shape.d_model;
+            cross.push((split_heads(&kv.narrow(2, 0, d)?, self.shape.heads)?, split_heads(&kv.narrow(2, d, d)?, self.shape.heads)?));
+        }
+        Ok(DecoderState { cross, self_kv: vec![None; self.decoder.len()], len: 0 })
+    }
+
+    /// Feeds `tokens` after those already in `st`; returns logits `[n, vocab]` for the last
+    /// `n` positions (`n` ≤ tokens.len()).
+    pub fn step(&self, st: &mut DecoderState, tokens: &[u32], n: usize) -> Result<Tensor> {
+        let _s = mnema_core::profile::stage("asr");
+        let t = tokens.len();
+        if st.len + t > self.shape.text_ctx {
+            return Err(crate::ExtractError::BadInput(format!("decoder context of {} tokens exceeded", self.shape.text_ctx)));
+        }
+        let ids = Tensor::from_slice(tokens, t, &Device::Cpu)?;
+        let mut x = self.tok_emb.index_select(&ids, 0)?.broadcast_add(&self.dec_pos.narrow(0, st.len, t)?)?.unsqueeze(0)?;
+        let past = st.len;
+        let mask = if t > 1 {
+            let m: Vec<f32> = (0..t).flat_map(|i| (0..past + t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+            Some(Tensor::from_vec(m, (t, past + t), &Device::Cpu)?)
+        } else {
+            None
+        };
+        let d = self.shape.d_model;
+        let heads = self.shape.heads;
+        for (i, b) in self.decoder.iter().enumerate() {
+            let h = b.attn.ln.forward(&x)?;
+            let qkv = b.attn.q_or_qkv.forward(&h)?;
+            let q = split_heads(&qkv.narrow(2, 0, d)?, heads)?;
+            let k = split_heads(&qkv.narrow(2, d, d)?, heads)?;
+            let v = split_heads(&qkv.narrow(2, 2 * d, d)?, heads)?;
+            let (k, v) = match &st.self_kv[i] {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            };
+            let a = sdpa(&q, &k, &v, mask.as_ref())?;
+            st.self_kv[i] = Some((k, v));
+            x = (x + b.attn.out.forward(&merge_heads(&a)?)?)?;
+            let c = b.cross.as_ref().expect("decoder blocks have cross-attention");
+            let h = c.ln.forward(&x)?;
+            let q = split_heads(&c.q_or_qkv.forward(&h)?, heads)?;
+            let (ck, cv) = &st.cross[i];
+            let a = sdpa(&q, ck, cv, None)?;
+            x = (x + c.out.forward(&merge_heads(&a)?)?)?;
+            let h = b.mlp_ln.forward(&x)?;
+            x = (&x + b.fc2.forward(&b.fc1.forward(&h)?.gelu_erf()?)?)?;
+        }
+        st.len += t;
+        let last = x.i((0, t - n.min(t)..))?;
+        let h = self.dec_ln.forward(&last)?;
+        Ok(h.matmul(&self.tok_emb.t()?)?)
+    }
+}
