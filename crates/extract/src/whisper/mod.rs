@@ -6,8 +6,8 @@
 //! at a window's edge are heard whole in the next. A voice-activity pass skips silence before
 //! the model sees it. The usual guards against invented text apply per window: a
 //! no-speech probability with a log-probability check, temperature fallback when the output
-//! is repetitive (gzip compression ratio) or improbable, and dropping a window whose text
-//! stays a repeated loop at every temperature.
+//! is repetitive (gzip compression ratio) or improbable, and repeated segments dropped from a
+//! window whose text stays a loop at every temperature.
 
 pub mod mel;
 pub mod model;
@@ -49,6 +49,8 @@ pub struct Transcript {
     pub audio_ms: i64,
     /// Windows skipped as silence (by the voice-activity pass or the no-speech check).
     pub silent_windows: usize,
+    /// Audio the model never saw because it was silence, milliseconds.
+    pub skipped_ms: i64,
 }
 
 impl Transcript {
@@ -387,6 +389,7 @@ impl Whisper {
         };
         let mut segments = Vec::new();
         let mut silent = 0;
+        let mut skipped = 0usize; // samples
         // Speech probability per VAD frame, from the start of the file (4 bytes per 32 ms).
         let mut probs: Vec<f32> = Vec::new();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -424,6 +427,7 @@ impl Whisper {
                     None => {
                         // No speech in this window: skipped without running the model.
                         silent += 1;
+                        skipped += n;
                         seek = buf_start + n;
                         progress((seek / 16) as i64, total_ms);
                         if eof && seek >= buf_start + buf.len() {
@@ -432,14 +436,30 @@ impl Whisper {
                         continue;
                     }
                     Some(s) if s > buf_start + pad => {
+                        skipped += s - pad - buf_start;
                         seek = s - pad;
                         continue;
                     }
                     _ => {}
                 }
+            } else if buf[..n].iter().all(|x| x.abs() < 1e-3) {
+                // Without a VAD, at least digital silence (below -60 dBFS) never reaches the
+                // model, which tends to invent a "you" for it.
+                silent += 1;
+                skipped += n;
+                seek = buf_start + n;
+                progress((seek / 16) as i64, total_ms);
+                if eof && seek >= buf_start + buf.len() {
+                    break;
+                }
+                continue;
             }
             let offset_s = buf_start as f64 / SAMPLE_RATE as f64;
+            let t_enc = std::time::Instant::now();
             let audio = self.encode_window(&buf[..n])?;
+            let enc_ms = t_enc.elapsed().as_secs_f64() * 1e3;
+            let t_dec = std::time::Instant::now();
+            let mut attempts = 0;
             let lang = match &language {
                 Some((_, t)) => *t,
                 None => {
@@ -452,6 +472,7 @@ impl Whisper {
             let mut result: Option<Attempt> = None;
             for &t in &opts.temperatures {
                 let a = self.decode(&audio, lang, t, &mut rng)?;
+                attempts += 1;
                 let too_repetitive = a.compression_ratio > opts.compression_ratio_threshold;
                 let too_unlikely = a.avg_logprob < opts.logprob_threshold;
                 let silence = a.no_speech_prob > opts.no_speech_threshold;
@@ -462,16 +483,33 @@ impl Whisper {
                 }
             }
             let a = result.expect("at least one temperature");
+            tracing::debug!(
+                "window at {offset_s:.1}s: encode {enc_ms:.0} ms, decode {} tokens in {:.0} ms ({attempts} attempts), no-speech {:.2}, logprob {:.2}, ratio {:.2}: {}",
+                a.tokens.len(),
+                t_dec.elapsed().as_secs_f64() * 1e3,
+                a.no_speech_prob,
+                a.avg_logprob,
+                a.compression_ratio,
+                a.text
+            );
             let window_samples = n;
             let mut advance = window_samples;
-            let skip = (a.no_speech_prob > opts.no_speech_threshold && a.avg_logprob < opts.logprob_threshold) || a.compression_ratio > opts.compression_ratio_threshold;
+            let skip = a.no_speech_prob > opts.no_speech_threshold && a.avg_logprob < opts.logprob_threshold;
             if skip {
-                if a.compression_ratio > opts.compression_ratio_threshold {
-                    tracing::debug!("dropping a repetitive window at {offset_s:.1}s: {}", a.text);
-                }
                 silent += 1;
             } else {
-                let (segs, adv) = self.segments(&a.tokens, offset_s, window_samples);
+                let (mut segs, adv) = self.segments(&a.tokens, offset_s, window_samples);
+                if a.compression_ratio > opts.compression_ratio_threshold {
+                    // Still repetitive at every temperature: keep what was said once, not the
+                    // loop (a segment repeating the one before it is dropped).
+                    tracing::debug!("repetitive output at {offset_s:.1}s kept without repeats");
+                    let mut prev: Option<String> = segments.last().map(|s: &Segment| s.text.clone());
+                    segs.retain(|s| {
+                        let dup = prev.as_deref() == Some(s.text.as_str());
+                        prev = Some(s.text.clone());
+                        !dup
+                    });
+                }
                 advance = adv;
                 segments.extend(segs);
             }
@@ -483,7 +521,7 @@ impl Whisper {
         }
         let audio_ms = (stream.position() * 1000 / SAMPLE_RATE as u64) as i64;
         let language = language.map_or_else(|| opts.language.clone().unwrap_or_else(|| "en".into()), |l| l.0);
-        Ok(Transcript { language, segments, audio_ms, silent_windows: silent })
+        Ok(Transcript { language, segments, audio_ms, silent_windows: silent, skipped_ms: (skipped / 16) as i64 })
     }
 
     /// Cuts a window's tokens into timestamped segments; returns them and how many samples

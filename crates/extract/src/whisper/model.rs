@@ -9,6 +9,7 @@
 
 use crate::Result;
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_nn::{LayerNorm, Linear};
 use mnema_models::ct2::Ct2File;
 use std::collections::HashMap;
@@ -34,12 +35,50 @@ pub struct WhisperShape {
     pub vocab: usize,
 }
 
+/// A linear layer: f32 for the encoder (large batches of frames: a GEMM is compute-bound and
+/// f32 is fastest), 8-bit blocks for the decoder (one token at a time: reading the weights is
+/// the cost, and Q8_0 reads a quarter of the bytes, as CTranslate2's int8 mode does).
+enum Lin {
+    F32(Linear),
+    Q8(QMatMul, Tensor),
+}
+
+impl Lin {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Lin::F32(l) => l.forward(x),
+            Lin::Q8(w, b) => w.forward(x)?.broadcast_add(b),
+        }
+    }
+
+    fn quantized(self) -> Result<Lin> {
+        Ok(match self {
+            Lin::F32(l) if l.weight().dim(1)? % 32 == 0 => {
+                let q = QTensor::quantize(l.weight(), GgmlDType::Q8_0)?;
+                let b = l.bias().cloned().unwrap_or(l.weight().i((.., 0))?.zeros_like()?);
+                Lin::Q8(QMatMul::from_qtensor(q)?, b)
+            }
+            other => other,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Lin::F32(l) => l.weight().elem_count() * 4,
+            Lin::Q8(w, b) => match w {
+                QMatMul::QTensor(q) => q.storage_size_in_bytes() + b.elem_count() * 4,
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            },
+        }
+    }
+}
+
 struct Attn {
     /// Self-attention: q, k, v stacked; cross-attention: q only.
-    q_or_qkv: Linear,
+    q_or_qkv: Lin,
     /// Cross-attention only: k, v stacked (applied to the audio features once per window).
-    kv: Option<Linear>,
-    out: Linear,
+    kv: Option<Lin>,
+    out: Lin,
     ln: LayerNorm,
 }
 
@@ -47,8 +86,8 @@ struct Block {
     attn: Attn,
     cross: Option<Attn>,
     mlp_ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Lin,
+    fc2: Lin,
 }
 
 /// Decoder state for one audio window: cached keys and values.
@@ -68,7 +107,10 @@ pub struct WhisperModel {
     enc_pos: Tensor,
     encoder: Vec<Block>,
     enc_ln: LayerNorm,
-    tok_emb: Tensor,
+    /// Token embeddings as f16 rows, for lookups.
+    tok_rows: Vec<u16>,
+    /// The same table as 8-bit blocks, for the output projection (tied weights).
+    logits: QMatMul,
     dec_pos: Tensor,
     decoder: Vec<Block>,
     dec_ln: LayerNorm,
@@ -158,8 +200,8 @@ impl Source for HfSource {
     }
 }
 
-fn linear(s: &dyn Source, name: &str) -> Result<Linear> {
-    Ok(Linear::new(s.tensor(&format!("{name}/weight"))?, Some(s.tensor(&format!("{name}/bias"))?)))
+fn linear(s: &dyn Source, name: &str) -> Result<Lin> {
+    Ok(Lin::F32(Linear::new(s.tensor(&format!("{name}/weight"))?, Some(s.tensor(&format!("{name}/bias"))?))))
 }
 
 fn layer_norm(s: &dyn Source, name: &str) -> Result<LayerNorm> {
@@ -175,12 +217,25 @@ fn attn(s: &dyn Source, p: &str, cross: bool) -> Result<Attn> {
 }
 
 fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
-    Ok(Block {
+    let b = Block {
         attn: attn(s, &format!("{p}/self_attention"), false)?,
         cross: if decoder { Some(attn(s, &format!("{p}/attention"), true)?) } else { None },
         mlp_ln: layer_norm(s, &format!("{p}/ffn/layer_norm"))?,
         fc1: linear(s, &format!("{p}/ffn/linear_0"))?,
         fc2: linear(s, &format!("{p}/ffn/linear_1"))?,
+    };
+    if !decoder {
+        return Ok(b);
+    }
+    // Decoder: everything applied per token goes 8-bit; the cross-attention K/V projection
+    // runs once per window over 1500 frames and stays f32.
+    let cross = b.cross.map(|c| -> Result<Attn> { Ok(Attn { q_or_qkv: c.q_or_qkv.quantized()?, kv: c.kv, out: c.out.quantized()?, ln: c.ln }) }).transpose()?;
+    Ok(Block {
+        attn: Attn { q_or_qkv: b.attn.q_or_qkv.quantized()?, kv: None, out: b.attn.out.quantized()?, ln: b.attn.ln },
+        cross,
+        mlp_ln: b.mlp_ln,
+        fc1: b.fc1.quantized()?,
+        fc2: b.fc2.quantized()?,
     })
 }
 
@@ -240,6 +295,9 @@ impl WhisperModel {
         let tok_emb = s.tensor("decoder/embeddings/weight")?;
         let dec_pos = s.tensor("decoder/position_encodings/encodings")?;
         let (vocab, d_model) = tok_emb.dims2()?;
+        if d_model % 32 != 0 {
+            return Err(crate::ExtractError::BadInput(format!("model width {d_model} is not a multiple of 32")));
+        }
         let heads = s.int("decoder/num_heads").unwrap_or((d_model / 64) as i64) as usize;
         let shape = WhisperShape {
             n_mels: conv1.0.dim(1)?,
@@ -253,16 +311,17 @@ impl WhisperModel {
         };
         let encoder = (0..enc_layers).map(|i| block(s, &format!("encoder/layer_{i}"), false)).collect::<Result<Vec<_>>>()?;
         let decoder = (0..dec_layers).map(|i| block(s, &format!("decoder/layer_{i}"), true)).collect::<Result<Vec<_>>>()?;
-        let params = |b: &Block| {
-            let a = |a: &Attn| a.q_or_qkv.weight().elem_count() + a.kv.as_ref().map_or(0, |k| k.weight().elem_count()) + a.out.weight().elem_count();
-            a(&b.attn) + b.cross.as_ref().map_or(0, a) + b.fc1.weight().elem_count() + b.fc2.weight().elem_count()
+        let bytes = |b: &Block| {
+            let a = |a: &Attn| a.q_or_qkv.bytes() + a.kv.as_ref().map_or(0, Lin::bytes) + a.out.bytes();
+            a(&b.attn) + b.cross.as_ref().map_or(0, a) + b.fc1.bytes() + b.fc2.bytes()
         };
-        let n: usize = encoder.iter().chain(&decoder).map(params).sum::<usize>()
-            + tok_emb.elem_count()
-            + enc_pos.elem_count()
-            + dec_pos.elem_count()
-            + conv1.0.elem_count()
-            + conv2.0.elem_count();
+        let logits_q = QTensor::quantize(&tok_emb, GgmlDType::Q8_0)?;
+        let tok_rows: Vec<u16> = tok_emb.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<half::f16>()?.into_iter().map(|h| h.to_bits()).collect();
+        let n: usize = encoder.iter().chain(&decoder).map(bytes).sum::<usize>()
+            + tok_rows.len() * 2
+            + logits_q.storage_size_in_bytes()
+            + (enc_pos.elem_count() + dec_pos.elem_count() + conv1.0.elem_count() + conv2.0.elem_count()) * 4;
+        drop(tok_emb);
         Ok(WhisperModel {
             shape,
             conv1,
@@ -270,11 +329,12 @@ impl WhisperModel {
             enc_pos,
             encoder,
             enc_ln: layer_norm(s, "encoder/layer_norm")?,
-            tok_emb,
+            tok_rows,
+            logits: QMatMul::from_qtensor(logits_q)?,
             dec_pos,
             decoder,
             dec_ln: layer_norm(s, "decoder/layer_norm")?,
-            weight_bytes: n * 4,
+            weight_bytes: n,
         })
     }
 
@@ -321,8 +381,13 @@ impl WhisperModel {
         if st.len + t > self.shape.text_ctx {
             return Err(crate::ExtractError::BadInput(format!("decoder context of {} tokens exceeded", self.shape.text_ctx)));
         }
-        let ids = Tensor::from_slice(tokens, t, &Device::Cpu)?;
-        let mut x = self.tok_emb.index_select(&ids, 0)?.broadcast_add(&self.dec_pos.narrow(0, st.len, t)?)?.unsqueeze(0)?;
+        let d = self.shape.d_model;
+        let mut rows = Vec::with_capacity(t * d);
+        for &id in tokens {
+            let r = self.tok_rows.get(id as usize * d..(id as usize + 1) * d).ok_or_else(|| crate::ExtractError::BadInput(format!("token {id} outside the vocabulary")))?;
+            rows.extend(r.iter().map(|&b| mnema_models::e5q4::f16_to_f32(b)));
+        }
+        let mut x = Tensor::from_vec(rows, (t, d), &Device::Cpu)?.broadcast_add(&self.dec_pos.narrow(0, st.len, t)?)?.unsqueeze(0)?;
         let past = st.len;
         let mask = if t > 1 {
             let m: Vec<f32> = (0..t).flat_map(|i| (0..past + t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
@@ -330,7 +395,6 @@ impl WhisperModel {
         } else {
             None
         };
-        let d = self.shape.d_model;
         let heads = self.shape.heads;
         for (i, b) in self.decoder.iter().enumerate() {
             let h = b.attn.ln.forward(&x)?;
@@ -357,6 +421,6 @@ impl WhisperModel {
         st.len += t;
         let last = x.i((0, t - n.min(t)..))?;
         let h = self.dec_ln.forward(&last)?;
-        Ok(h.matmul(&self.tok_emb.t()?)?)
+        Ok(self.logits.forward(&h)?)
     }
 }
