@@ -443,3 +443,84 @@ fn ocr_command_reports_text_boxes_time_and_error_rates() {
     assert_eq!(l.len(), 2);
     assert!(l[0]["error"].as_str().unwrap().contains("not an image"));
 }
+
+/// English speech (espeak-ng) in a 16 kHz WAV with `before` seconds of silence first.
+fn voice_memo(path: &Path, text: &str, before: f32) {
+    let raw = path.with_extension("raw.wav");
+    assert!(Command::new("espeak-ng").args(["-v", "en", "-s", "150", "-w"]).arg(&raw).arg(text).status().unwrap().success());
+    assert!(Command::new("sox").arg(&raw).args(["-r", "16000", "-c", "1"]).arg(path).args(["pad", &before.to_string(), "0.5"]).status().unwrap().success());
+    std::fs::remove_file(raw).unwrap();
+}
+
+#[test]
+fn voice_memos_are_found_by_what_was_said_at_the_right_second() {
+    let env = Env::new();
+    let dir = env.dir.path().join("memos");
+    std::fs::create_dir_all(&dir).unwrap();
+    voice_memo(&dir.join("ideas.wav"), "My ideas about vectorization: store every note as an embedding and search by meaning.", 6.0);
+    voice_memo(&dir.join("shopping.wav"), "Remember to buy milk, bread and apples on the way home.", 1.0);
+    // The same memo as MP3: transcribed from its own bytes.
+    assert!(Command::new("ffmpeg").args(["-y", "-loglevel", "error", "-i"]).arg(dir.join("shopping.wav")).arg(dir.join("shopping-copy.mp3")).status().unwrap().success());
+    std::fs::write(dir.join("broken.m4a"), vec![3u8; 4096]).unwrap();
+    std::fs::write(dir.join("empty.ogg"), b"").unwrap();
+    assert!(Command::new("sox").args(["-n", "-r", "16000", "-c", "1"]).arg(dir.join("quiet.wav")).args(["trim", "0", "12"]).status().unwrap().success());
+
+    let o = env.run(&["--json", "ingest", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o);
+    assert!(by_name(&lines, "broken.m4a")["error"].as_str().unwrap().contains("not a readable audio file"));
+    assert!(by_name(&lines, "empty.ogg")["error"].as_str().unwrap().contains("empty file"));
+    for name in ["ideas.wav", "shopping.wav", "shopping-copy.mp3", "quiet.wav"] {
+        assert_eq!(by_name(&lines, name)["status"], "indexed", "{name}");
+        assert_eq!(by_name(&lines, name)["kind"], "audio", "{name}");
+    }
+    // Silence is stored with no text: nothing invented to be found.
+    assert_eq!(by_name(&lines, "quiet.wav")["chunks"], 0);
+    // Found in English and Russian, with the second it was said (speech starts at 6 s).
+    for q in ["ideas about vectorization", "идеи по векторизации"] {
+        let v = env.search(&[q, "--kind", "audio"]);
+        let hit = &v["hits"][0];
+        assert!(hit["path"].as_str().unwrap().ends_with("ideas.wav"), "{q}: {v}");
+        let ms = hit["start_ms"].as_i64().unwrap();
+        assert!((5000..=7500).contains(&ms), "{q}: start_ms {ms}");
+    }
+    assert!(env.top_path(&["milk and bread", "--mode", "keyword"]).starts_with("shopping"));
+    // The transcript with its segments is in the item.
+    let id = by_name(&lines, "ideas.wav")["id"].as_i64().unwrap();
+    let item: Value = serde_json::from_slice(&env.run(&["--json", "show", &id.to_string()]).stdout).unwrap();
+    assert_eq!(item["item"]["meta"]["language"], "en");
+    assert!(item["item"]["meta"]["segments"].as_array().is_some_and(|s| !s.is_empty()), "{item}");
+    // Rerun: unchanged, nothing transcribed again.
+    let o = env.run(&["--json", "ingest", dir.join("ideas.wav").to_str().unwrap()]);
+    assert_eq!(json_lines(&o)[0]["status"], "unchanged");
+}
+
+#[test]
+fn transcribe_command_prints_segments_and_fails_per_file() {
+    let env = Env::new();
+    let memo = env.dir.path().join("memo.wav");
+    voice_memo(&memo, "The meeting moved to Thursday at three o'clock.", 2.0);
+    let bad = env.write("bad.mp3", b"ID3 but nothing else");
+    let o = env.run(&["--json", "transcribe", memo.to_str().unwrap(), bad.to_str().unwrap(), "--language", "en"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o);
+    let good = by_name(&lines, "memo.wav");
+    for k in ["path", "model", "language", "text", "segments", "audio_ms", "elapsed_ms"] {
+        assert!(good.get(k).is_some(), "{k} missing: {good}");
+    }
+    assert_eq!(good["model"], "whisper-base");
+    assert!(good["text"].as_str().unwrap().to_lowercase().contains("thursday"), "{good}");
+    let seg = &good["segments"][0];
+    assert!((1300..=2800).contains(&seg["start_ms"].as_i64().unwrap()), "{seg}");
+    assert!(seg["end_ms"].as_i64().unwrap() > seg["start_ms"].as_i64().unwrap());
+    let audio_ms = good["audio_ms"].as_i64().unwrap();
+    assert!((5000..9000).contains(&audio_ms), "{audio_ms}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.lines().any(|l| l.starts_with("mnema: ") && l.contains("bad.mp3")), "{err}");
+    assert!(by_name(&lines, "bad.mp3")["error"].is_string());
+    // Human output: timestamps and text.
+    let o = env.run(&["transcribe", memo.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[00:0") && text.to_lowercase().contains("thursday"), "{text}");
+}
