@@ -19,10 +19,11 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------
 # Build: a C toolchain and clang (bindgen for libtesseract). OCR: Tesseract with Russian and
-# English. Test media: espeak-ng, sox, ffmpeg, ImageMagick and fonts. Fetching: python3-pip, unzip.
+# English. Test media: espeak-ng, sox, ffmpeg, ImageMagick and fonts (gsfonts: ImageMagick's
+# default font when none is named). Fetching: python3-pip, unzip.
 pkgs=(build-essential pkg-config clang libclang-dev unzip python3-pip ca-certificates
       libtesseract-dev libleptonica-dev tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng
-      espeak-ng sox ffmpeg imagemagick fonts-dejavu-core fonts-liberation time)
+      espeak-ng sox ffmpeg imagemagick fonts-dejavu-core fonts-liberation gsfonts time)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

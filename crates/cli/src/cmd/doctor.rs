@@ -40,7 +40,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         });
     }
 
-    // Models: the configured embedder is required, the rest serve features still to come.
+    // Models: the configured embedder is required; the others serve images' and audio's engines.
     let statuses = check(&c.models_dir, None, true)?;
     for m in model_names() {
         let files: Vec<_> = statuses.iter().filter(|s| s.entry.model == m).collect();
@@ -50,9 +50,9 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         let size: u64 = files.iter().map(|f| f.size).sum();
         let role = match m {
             "multilingual-e5-small" | "all-minilm-l6-v2" => "embeddings",
-            "whisper-base" => "speech (not used by this build yet)",
-            "silero-vad" => "voice activity (not used by this build yet)",
-            "onnxruntime" => "ONNX engines (not used by this build yet)",
+            "whisper-base" => "speech to text (voice memos)",
+            "silero-vad" => "voice activity (silence skipped before speech to text)",
+            "onnxruntime" => "runs Silero VAD",
             _ => "",
         };
         let name = format!("model {m}");

@@ -143,9 +143,10 @@ mod tests {
         for i in 0..80 {
             let row = &w[i * N_BINS..(i + 1) * N_BINS];
             // Each triangle's area in Hz is 1 (Slaney normalisation); bins are 40 Hz apart, so
-            // narrow low filters are sampled coarsely: allow for that.
+            // filters a few bins wide are sampled coarsely (up to 8% off for 100-130 Hz wide
+            // ones, as a direct evaluation of the same formula in Python also gives).
             let area: f32 = row.iter().sum::<f32>() * 40.0;
-            assert!((area - 1.0).abs() < if i < 10 { 0.5 } else { 0.05 }, "filter {i}: area {area}");
+            assert!((area - 1.0).abs() < if i < 10 { 0.5 } else { 0.1 }, "filter {i}: area {area}");
             // Rises then falls: one peak.
             let peak = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
             assert!(row[..peak].windows(2).all(|p| p[0] <= p[1]) && row[peak..].windows(2).all(|p| p[0] >= p[1]), "filter {i}");

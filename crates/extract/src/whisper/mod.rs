@@ -173,12 +173,15 @@ pub fn load_whisper(models_dir: &Path, name: &str) -> Result<Whisper> {
     // Whisper's defaults are derived from the special tokens alone.
     let config: Option<serde_json::Value> = std::fs::read(files.path("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let ids = |k: &str| -> Vec<u32> { config.as_ref().and_then(|c| c.get(k)).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()).unwrap_or_default() };
+    // CTranslate2's config names them `suppress_ids*`, the hub's `*suppress_tokens`.
     let mut suppress = ids("suppress_ids");
+    suppress.extend(ids("suppress_tokens"));
     for t in ["<|translate|>", "<|transcribe|>", "<|startoftranscript|>", "<|startofprev|>", "<|startoflm|>"] {
         suppress.extend(id(t));
     }
     suppress.push(sp.no_speech);
     let mut suppress_begin = ids("suppress_ids_begin");
+    suppress_begin.extend(ids("begin_suppress_tokens"));
     if suppress_begin.is_empty() {
         suppress_begin = tokenizer.encode(" ", false).map(|e| e.get_ids().to_vec()).unwrap_or_default();
         suppress_begin.push(sp.eot);
