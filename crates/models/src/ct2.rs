@@ -4,14 +4,21 @@
 //! with a trailing NUL, e.g. `WhisperSpec`); u32 spec revision; u32 tensor count, then per
 //! tensor: name (u16 length + NUL-terminated bytes), u8 rank, rank × u32 dims, u8 dtype
 //! (0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16), u32 byte count, the raw data; then u32 alias
-//! count and (alias, target) name pairs. The file is memory-mapped; tensors are handed out as
-//! byte slices over the mapping, so nothing is copied until an engine converts them.
+//! count and (alias, target) name pairs. Only the table is read at open; each tensor's bytes
+//! are read when asked for, so loading holds one tensor's raw bytes at a time (a mapping would
+//! keep every touched page of the 145 MB file resident until the load ends).
 
 use crate::e5q4::{f16_to_f32, Blob};
 use crate::ModelError;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
+enum Data {
+    File(std::fs::File),
+    Mem(Blob),
+}
 
 /// Element type of a stored tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,21 +78,34 @@ pub struct Ct2File {
     /// The spec revision.
     pub revision: u32,
     path: PathBuf,
-    data: Blob,
+    data: Data,
     tensors: HashMap<String, Ct2Tensor>,
     aliases: HashMap<String, String>,
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
+struct Reader<R> {
+    r: R,
     p: usize,
+    len: usize,
 }
 
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let s = self.b.get(self.p..self.p.checked_add(n)?)?;
+impl<R: Read + Seek> Reader<R> {
+    fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        if self.p.checked_add(n)? > self.len {
+            return None;
+        }
+        let mut b = vec![0u8; n];
+        self.r.read_exact(&mut b).ok()?;
         self.p += n;
-        Some(s)
+        Some(b)
+    }
+    fn skip(&mut self, n: usize) -> Option<()> {
+        if self.p.checked_add(n)? > self.len {
+            return None;
+        }
+        self.r.seek(SeekFrom::Current(n as i64)).ok()?;
+        self.p += n;
+        Some(())
     }
     fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
@@ -99,26 +119,32 @@ impl Cursor<'_> {
     fn string(&mut self) -> Option<String> {
         let n = self.u16()? as usize;
         let b = self.take(n)?;
-        let b = b.strip_suffix(&[0]).unwrap_or(b);
+        let b = b.strip_suffix(&[0]).unwrap_or(&b);
         Some(String::from_utf8_lossy(b).into_owned())
     }
 }
 
 impl Ct2File {
-    /// Maps and parses the file; truncation or inconsistency is a [`ModelError::Format`].
+    /// Opens the file and reads its table; truncation or inconsistency is a
+    /// [`ModelError::Format`].
     pub fn open(path: &Path) -> Result<Ct2File, ModelError> {
         let io = |source| ModelError::Io { path: path.into(), source };
         let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: read-only mapping; setup replaces model files by rename, never in place.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path, Arc::new(map))
+        let len = file.metadata().map_err(io)?.len() as usize;
+        let (head, tensors, aliases) = Self::table(path, Reader { r: std::io::BufReader::new(file.try_clone().map_err(io)?), p: 0, len })?;
+        Ok(Ct2File { spec: head.0, revision: head.1, path: path.into(), data: Data::File(file), tensors, aliases })
     }
 
     /// Parses bytes already in memory.
     pub fn parse(path: &Path, data: Blob) -> Result<Ct2File, ModelError> {
+        let len = (*data).as_ref().len();
+        let (head, tensors, aliases) = Self::table(path, Reader { r: std::io::Cursor::new((*data).as_ref()), p: 0, len })?;
+        Ok(Ct2File { spec: head.0, revision: head.1, path: path.into(), data: Data::Mem(data), tensors, aliases })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn table<R: Read + Seek>(path: &Path, mut c: Reader<R>) -> Result<((String, u32), HashMap<String, Ct2Tensor>, HashMap<String, String>), ModelError> {
         let bad = |reason: String| ModelError::Format { path: path.into(), reason };
-        let bytes: &[u8] = (*data).as_ref();
-        let mut c = Cursor { b: bytes, p: 0 };
         let t = || bad("truncated header".into());
         let version = c.u32().ok_or_else(t)?;
         if !(5..=6).contains(&version) {
@@ -144,7 +170,7 @@ impl Ct2File {
                 return Err(bad(format!("tensor {name}: {nbytes} bytes for dims {dims:?}")));
             }
             let offset = c.p;
-            c.take(nbytes).ok_or_else(t)?;
+            c.skip(nbytes).ok_or_else(t)?;
             tensors.insert(name, Ct2Tensor { dims, dtype, offset, bytes: nbytes });
         }
         let mut aliases = HashMap::new();
@@ -156,7 +182,7 @@ impl Ct2File {
                 aliases.insert(a, target);
             }
         }
-        Ok(Ct2File { spec, revision, path: path.into(), data, tensors, aliases })
+        Ok(((spec, revision), tensors, aliases))
     }
 
     /// The file's path.
@@ -170,15 +196,41 @@ impl Ct2File {
     }
 
     /// A tensor by name (aliases resolved) and its raw bytes.
-    pub fn get(&self, name: &str) -> Option<(&Ct2Tensor, &[u8])> {
+    pub fn get(&self, name: &str) -> Option<(&Ct2Tensor, Cow<'_, [u8]>)> {
         let name = self.aliases.get(name).map_or(name, String::as_str);
         let t = self.tensors.get(name)?;
-        Some((t, &(*self.data).as_ref()[t.offset..t.offset + t.bytes]))
+        let bytes = match &self.data {
+            Data::Mem(b) => Cow::Borrowed(&(**b).as_ref()[t.offset..t.offset + t.bytes]),
+            Data::File(f) => {
+                use std::os::unix::fs::FileExt;
+                let mut v = vec![0u8; t.bytes];
+                f.read_exact_at(&mut v, t.offset as u64).ok()?;
+                Cow::Owned(v)
+            }
+        };
+        Some((t, bytes))
+    }
+
+    fn need(&self, name: &str) -> Result<(&Ct2Tensor, Cow<'_, [u8]>), ModelError> {
+        self.get(name).ok_or_else(|| ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} missing or unreadable") })
+    }
+
+    /// An f16 or f32 tensor as IEEE half bits (f16 as stored, f32 rounded), with its dims.
+    pub fn f16_bits(&self, name: &str) -> Result<(Vec<u16>, Vec<usize>), ModelError> {
+        let (t, b) = self.need(name)?;
+        let v = match t.dtype {
+            Ct2DType::F16 => b.chunks_exact(2).map(|x| u16::from_le_bytes([x[0], x[1]])).collect(),
+            _ => {
+                drop(b);
+                return self.f32(name).map(|(v, d)| (v.into_iter().map(|x| half::f16::from_f32(x).to_bits()).collect(), d));
+            }
+        };
+        Ok((v, t.dims.clone()))
     }
 
     /// A tensor converted to f32 (from f32, f16 or bf16), with its dims; errors name the file.
     pub fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
-        let (t, b) = self.get(name).ok_or_else(|| ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} missing") })?;
+        let (t, b) = self.need(name)?;
         let v = match t.dtype {
             Ct2DType::F32 => b.chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect(),
             Ct2DType::F16 => b.chunks_exact(2).map(|x| f16_to_f32(u16::from_le_bytes([x[0], x[1]]))).collect(),
@@ -203,6 +255,7 @@ impl Ct2File {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn put_str(v: &mut Vec<u8>, s: &str) {
         v.extend(((s.len() + 1) as u16).to_le_bytes());
