@@ -473,20 +473,34 @@ impl Whisper {
                     t
                 }
             };
-            let mut result: Option<Attempt> = None;
+            let mut tried: Vec<Attempt> = Vec::new();
+            let mut accepted = None;
             for &t in &opts.temperatures {
                 let a = self.decode(&audio, lang, t, &mut rng)?;
                 attempts += 1;
                 let too_repetitive = a.compression_ratio > opts.compression_ratio_threshold;
                 let too_unlikely = a.avg_logprob < opts.logprob_threshold;
                 let silence = a.no_speech_prob > opts.no_speech_threshold;
-                let done = !(too_repetitive || too_unlikely) || silence;
-                result = Some(a);
-                if done {
+                if !(too_repetitive || too_unlikely) || silence {
+                    accepted = Some(a);
                     break;
                 }
+                tried.push(a);
             }
-            let a = result.expect("at least one temperature");
+            // Every temperature failed the checks: keep the most probable attempt that is not
+            // a loop (the last, hottest one is usually the wildest guess).
+            let a = match accepted {
+                Some(a) => a,
+                None => {
+                    let ratio_ok = |a: &Attempt| a.compression_ratio <= opts.compression_ratio_threshold;
+                    let any_ok = tried.iter().any(ratio_ok);
+                    tried
+                        .into_iter()
+                        .filter(|a| !any_ok || ratio_ok(a))
+                        .max_by(|x, y| x.avg_logprob.total_cmp(&y.avg_logprob))
+                        .expect("at least one temperature")
+                }
+            };
             tracing::debug!(
                 "window at {offset_s:.1}s: encode {enc_ms:.0} ms, decode {} tokens in {:.0} ms ({attempts} attempts), no-speech {:.2}, logprob {:.2}, ratio {:.2}: {}",
                 a.tokens.len(),
