@@ -430,9 +430,30 @@ fn ocr_command_reports_text_boxes_time_and_error_rates() {
     assert_eq!(v["text"], "Привет, world 42\nSecond line here");
     assert!(v["cer"].as_f64().unwrap() < 0.05 && v["elapsed_ms"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["lines"][0]["conf"].as_f64().unwrap() > 50.0);
+    // --compare runs both engines that run here; PaddleOCR reads the English line (it has no
+    // Cyrillic model, so the Russian words are not checked) and boxes it.
+    let en = env.dir.path().join("en.png");
+    screenshot(&en, &["Vector index: HNSW, 384 dims", "Meeting moved to Thursday"], false);
+    let o = env.run(&["--json", "ocr", en.to_str().unwrap(), "--compare"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = json_lines(&o);
+    let engines: Vec<&str> = l.iter().map(|v| v["engine"].as_str().unwrap()).collect();
+    assert_eq!(engines, ["tesseract", "paddle-ocr"]);
+    for v in &l {
+        let text = v["text"].as_str().unwrap();
+        assert!(text.contains("HNSW, 384 dims") && text.contains("Thursday"), "{v}");
+        let b = &v["lines"][1]["bbox"];
+        assert!(b[1].as_u64().unwrap() > 80 && b[1].as_u64().unwrap() < 200, "second line's box: {v}");
+    }
     let o = env.run(&["ocr", img.to_str().unwrap(), "--compare"]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("[tesseract]") && text.contains("paddle-ocr unavailable") && text.contains("apple-vision unavailable"), "{text}");
+    assert!(text.contains("[tesseract]") && text.contains("[paddle-ocr]") && text.contains("apple-vision unavailable"), "{text}");
+    // Without its model files, PaddleOCR is listed as unavailable with the reason.
+    let empty = env.dir.path().join("no-models");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = env.cmd_models(&empty).args(["ocr", img.to_str().unwrap(), "--engine", "paddle-ocr"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("paddle-ocr is unavailable") && String::from_utf8_lossy(&o.stderr).contains("setup.sh"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = env.run(&["ocr", img.to_str().unwrap(), "--engine", "apple-vision"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("macOS only"));

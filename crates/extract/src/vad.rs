@@ -39,7 +39,7 @@ const CONTEXT: usize = 64;
 
 static ORT_ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
 
-fn ort_env(lib: &Path) -> Result<&'static ort::environment::Environment> {
+pub(crate) fn ort_env(lib: &Path) -> Result<&'static ort::environment::Environment> {
     let env = ORT_ENV.get_or_init(|| {
         let b = ort::init_from(lib).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
         b.with_name("mnema").with_telemetry(false).build().map_err(|e| format!("ONNX Runtime failed to start: {e}"))

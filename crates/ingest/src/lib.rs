@@ -481,10 +481,10 @@ impl<'a> Ingester<'a> {
         }
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
         let engine = "tesseract";
-        let est = mnema_extract::ocr::engines().iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory) * workers as u64;
+        let est = mnema_extract::ocr::engines_in(&self.config.models_dir).iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory) * workers as u64;
         let pool = self.models.acquire(&format!("ocr:{engine}"), est, || {
             let _s = stage("load-model");
-            OcrPool::new(engine, &EngineOptions::default(), workers)
+            OcrPool::new(engine, &EngineOptions::with_models(&self.config.models_dir), workers)
         })?;
         let images: Vec<_> = todo.iter().map(|(_, g)| g.clone()).collect();
         let results = pool.recognize_all(&images);

@@ -52,7 +52,8 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
             "multilingual-e5-small" | "all-minilm-l6-v2" => "embeddings",
             "whisper-base" => "speech to text (voice memos)",
             "silero-vad" => "voice activity (silence skipped before speech to text)",
-            "onnxruntime" => "runs Silero VAD",
+            "onnxruntime" => "runs Silero VAD and PaddleOCR",
+            "paddle-ocr" => "second OCR engine (Chinese/English only)",
             _ => "",
         };
         let name = format!("model {m}");
@@ -66,7 +67,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     }
 
     // OCR engines, as the engine registry finds them (Tesseract needs Debian's packages).
-    for e in mnema_extract::ocr::engines().into_iter().filter(|e| e.name == "tesseract") {
+    for e in mnema_extract::ocr::engines_in(&c.models_dir).into_iter().filter(|e| e.name == "tesseract") {
         checks.push(if e.available {
             check_item("tesseract rus+eng", "ok", format!("OCR languages: {}", e.languages), None)
         } else {

@@ -4,7 +4,7 @@ use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::{bail, Result};
 use mnema_extract::image::{decode_image, prepare_for_ocr};
-use mnema_extract::ocr::{engines, error_rates, join_lines, EngineOptions, OcrLine, OcrPool};
+use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrLine, OcrPool};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -47,16 +47,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         None => None,
     };
     let names: Vec<&'static str> = if a.compare {
-        engines().iter().filter(|e| e.available).map(|e| e.name).collect()
+        engines_in(&ctx.config.models_dir).iter().filter(|e| e.available).map(|e| e.name).collect()
     } else {
-        match engines().into_iter().find(|e| e.name == a.engine) {
+        match engines_in(&ctx.config.models_dir).into_iter().find(|e| e.name == a.engine) {
             Some(e) if e.available => vec![e.name],
             Some(e) => bail!("OCR engine {} is unavailable: {}", e.name, e.reason.unwrap_or_default()),
-            None => bail!("unknown OCR engine '{}' (engines: {})", a.engine, engines().iter().map(|e| e.name).collect::<Vec<_>>().join(", ")),
+            None => bail!("unknown OCR engine '{}' (engines: {})", a.engine, engines_in(&ctx.config.models_dir).iter().map(|e| e.name).collect::<Vec<_>>().join(", ")),
         }
     };
     if a.compare && !ctx.json {
-        for e in engines().iter().filter(|e| !e.available) {
+        for e in engines_in(&ctx.config.models_dir).iter().filter(|e| !e.available) {
             out(format!("(engine {} unavailable: {})", e.name, e.reason.clone().unwrap_or_default()))?;
         }
     }
@@ -78,8 +78,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(decoded.len().max(1));
     for name in names {
-        let est = engines().iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
-        let pool = ctx.models.acquire(&format!("ocr:{name}"), est, || OcrPool::new(name, &EngineOptions::default(), workers))?;
+        let est = engines_in(&ctx.config.models_dir).iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
+        let pool = ctx.models.acquire(&format!("ocr:{name}"), est, || OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers))?;
         let images: Vec<_> = decoded.iter().map(|(_, g)| g.clone()).collect();
         let t0 = Instant::now();
         let results = pool.recognize_all(&images);

@@ -1,10 +1,11 @@
 //! OCR engines behind one interface, a registry that says which engines this machine can
 //! run (and why not), and a pool that keeps warm engines and spreads images over the cores.
 //!
-//! Engines: `tesseract` (default; Debian's libtesseract with Russian + English, LSTM).
-//! `apple-vision` is listed for macOS but not implemented in this build; `paddle-ocr` (ONNX,
-//! Chinese/English only) is listed as not implemented yet.
+//! Engines: `tesseract` (default; Debian's libtesseract with Russian + English, LSTM);
+//! `paddle-ocr` (PP-OCRv4 through ONNX Runtime; Chinese/English only); `apple-vision` is
+//! listed for macOS but not implemented in this build.
 
+mod paddle;
 #[cfg(feature = "tesseract")]
 mod tesseract;
 
@@ -38,11 +39,21 @@ pub struct EngineOptions {
     pub threads: usize,
     /// `cpu` (the only device here).
     pub device: String,
+    /// Where engines that need model files find them.
+    pub models_dir: std::path::PathBuf,
+}
+
+impl EngineOptions {
+    /// Default options with models from `models_dir`.
+    pub fn with_models(models_dir: &std::path::Path) -> EngineOptions {
+        EngineOptions { models_dir: models_dir.into(), ..EngineOptions::default() }
+    }
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { languages: vec!["rus".into(), "eng".into()], threads: 1, device: "cpu".into() }
+        let models_dir = std::env::var_os("MNEMA_MODELS").map_or_else(|| "models".into(), Into::into);
+        EngineOptions { languages: vec!["rus".into(), "eng".into()], threads: 1, device: "cpu".into(), models_dir }
     }
 }
 
@@ -69,20 +80,19 @@ pub struct EngineInfo {
     pub memory: u64,
 }
 
-/// Every engine mnema knows, with its availability here.
+/// Every engine mnema knows, with its availability here (models from the default place).
 pub fn engines() -> Vec<EngineInfo> {
+    engines_in(&EngineOptions::default().models_dir)
+}
+
+/// Every engine mnema knows, with its availability given the models in `models_dir`.
+pub fn engines_in(models_dir: &std::path::Path) -> Vec<EngineInfo> {
     let mut v = Vec::new();
     #[cfg(feature = "tesseract")]
     v.push(tesseract::info());
     #[cfg(not(feature = "tesseract"))]
     v.push(EngineInfo { name: "tesseract", languages: "rus, eng", available: false, reason: Some("built without the `tesseract` feature".into()), memory: 0 });
-    v.push(EngineInfo {
-        name: "paddle-ocr",
-        languages: "chi, eng (no Cyrillic model exists)",
-        available: false,
-        reason: Some("PP-OCR ONNX engine not implemented in this build yet".into()),
-        memory: 0,
-    });
+    v.push(paddle::info(models_dir));
     v.push(EngineInfo {
         name: "apple-vision",
         languages: "rus, eng, …",
@@ -95,8 +105,9 @@ pub fn engines() -> Vec<EngineInfo> {
 
 /// Loads one engine by name.
 pub fn load_engine(name: &str, opts: &EngineOptions) -> Result<Box<dyn OcrEngine>> {
-    let info = engines().into_iter().find(|e| e.name == name).ok_or_else(|| {
-        ExtractError::BadInput(format!("unknown OCR engine '{name}' (engines: {})", engines().iter().map(|e| e.name).collect::<Vec<_>>().join(", ")))
+    let all = engines_in(&opts.models_dir);
+    let info = all.iter().find(|e| e.name == name).cloned().ok_or_else(|| {
+        ExtractError::BadInput(format!("unknown OCR engine '{name}' (engines: {})", all.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")))
     })?;
     if !info.available {
         return Err(ExtractError::BadInput(format!("OCR engine {name} is unavailable: {}", info.reason.unwrap_or_default())));
@@ -104,6 +115,7 @@ pub fn load_engine(name: &str, opts: &EngineOptions) -> Result<Box<dyn OcrEngine
     match name {
         #[cfg(feature = "tesseract")]
         "tesseract" => Ok(Box::new(tesseract::Tess::new(opts)?)),
+        "paddle-ocr" => Ok(Box::new(paddle::Paddle::new(opts)?)),
         _ => Err(ExtractError::BadInput(format!("OCR engine {name} is unavailable"))),
     }
 }
@@ -199,11 +211,13 @@ mod tests {
 
     #[test]
     fn registry_explains_unavailable_engines() {
-        let all = engines();
+        let none = std::env::temp_dir().join("mnema-no-models");
+        let all = engines_in(&none);
+        assert!(all.iter().any(|e| e.name == "paddle-ocr" && !e.available), "paddle-ocr needs its model files");
         assert!(all.iter().any(|e| e.name == "tesseract"));
         for e in all.iter().filter(|e| !e.available) {
             assert!(e.reason.as_deref().is_some_and(|r| !r.is_empty()), "{e:?}");
-            let err = load_engine(e.name, &EngineOptions::default()).err().unwrap().to_string();
+            let err = load_engine(e.name, &EngineOptions::with_models(&none)).err().unwrap().to_string();
             assert!(err.contains("unavailable"), "{err}");
         }
         assert!(load_engine("nope", &EngineOptions::default()).is_err());
