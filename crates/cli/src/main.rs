@@ -77,10 +77,16 @@ enum Command {
 
 fn main() -> ExitCode {
     // Tesseract's OpenMP threads busy-wait: on few cores OCR runs 5-6× slower with them.
-    // mnema parallelises across images instead. Set before any library starts OpenMP.
+    // mnema parallelises across images instead. libgomp reads its settings when it is loaded,
+    // before `main`, so setting the variable here would be too late: the process re-executes
+    // itself once with it set (a millisecond).
+    #[cfg(unix)]
     if std::env::var_os("OMP_THREAD_LIMIT").is_none() {
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("OMP_THREAD_LIMIT", "1") };
+        use std::os::unix::process::CommandExt;
+        if let Ok(exe) = std::env::current_exe() {
+            let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OMP_THREAD_LIMIT", "1").exec();
+            tracing::debug!("re-exec with OMP_THREAD_LIMIT=1 failed: {err}");
+        }
     }
     let cli = Cli::parse();
     let filter = match cli.verbose {

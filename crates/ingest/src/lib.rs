@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use mnema_models::manager::ModelManager;
 use std::sync::Arc;
 use mnema_store::{NewItem, Store};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -418,40 +419,58 @@ impl<'a> Ingester<'a> {
             progress(&o);
             out.push(o);
         };
-        for path in batch {
-            let fail = |e: String| Outcome::failed(path.to_path_buf(), Some(Kind::Image), e);
-            let (bytes, meta) = match read_file(path, MAX_IMAGE_FILE) {
-                Ok(x) => x,
-                Err(e) => {
-                    done(fail(e), out);
-                    continue;
+        // Reading and hashing, then decoding, run on all cores; the store is consulted in
+        // between so unchanged files are never decoded.
+        let read: Vec<Result<(Vec<u8>, std::fs::Metadata, String), String>> = batch
+            .par_iter()
+            .map(|path| read_file(path, MAX_IMAGE_FILE).map(|(bytes, meta)| {
+                let sha = mnema_models::catalog::hex(&Sha256::digest(&bytes));
+                (bytes, meta, sha)
+            }))
+            .collect();
+        let mut changed = Vec::new();
+        for (path, r) in batch.iter().zip(read) {
+            match r {
+                Err(e) => done(Outcome::failed(path.to_path_buf(), Some(Kind::Image), e), out),
+                Ok((bytes, meta, sha)) => {
+                    let path_str = path.to_string_lossy().into_owned();
+                    if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
+                        done(Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 }, out);
+                    } else {
+                        changed.push((*path, bytes, meta, sha));
+                    }
                 }
-            };
-            let sha = mnema_models::catalog::hex(&Sha256::digest(&bytes));
-            let path_str = path.to_string_lossy().into_owned();
-            if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
-                done(Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 }, out);
-                continue;
             }
-            let decoded = {
-                let _s = stage("decode");
-                mnema_extract::image::decode_bytes(&bytes, path.extension().and_then(|e| e.to_str()).unwrap_or(""))
-            };
-            let img = match decoded {
-                Ok(i) => i,
+        }
+        let decoded: Vec<_> = {
+            let _s = stage("decode");
+            changed
+                .par_iter()
+                .map(|(path, bytes, _, _)| {
+                    mnema_extract::image::decode_bytes(bytes, path.extension().and_then(|e| e.to_str()).unwrap_or("")).map(|img| {
+                        let prepared = mnema_extract::image::prepare_for_ocr(&img);
+                        ((img.width(), img.height()), mnema_extract::image::dhash(&img), prepared)
+                    })
+                })
+                .collect()
+        };
+        for ((path, _bytes, meta, sha), d) in changed.into_iter().zip(decoded) {
+            let fail = |e: String| Outcome::failed(path.to_path_buf(), Some(Kind::Image), e);
+            let path_str = path.to_string_lossy().into_owned();
+            let ((width, height), hash, prepared) = match d {
+                Ok(x) => x,
                 Err(e) => {
                     done(fail(e.to_string()), out);
                     continue;
                 }
             };
-            let hash = mnema_extract::image::dhash(&img);
             let mut item = NewItem {
                 path: path_str.clone(),
                 kind: Kind::Image,
                 sha256: sha.clone(),
                 size: meta.len(),
                 mtime: mtime(&meta),
-                meta: serde_json::json!({ "width": img.width(), "height": img.height(), "dhash": format!("{hash:016x}") }),
+                meta: serde_json::json!({ "width": width, "height": height, "dhash": format!("{hash:016x}") }),
             };
             let twin = self.store.item_by_sha256(&sha, &path_str)?.map(|t| t.id);
             let near = self
@@ -470,11 +489,11 @@ impl<'a> Ingester<'a> {
                 }
             }
             if batch_hashes.iter().any(|h| (h ^ hash).count_ones() <= 4) {
-                deferred.push(*path);
+                deferred.push(path);
                 continue;
             }
             batch_hashes.push(hash);
-            todo.push((item, mnema_extract::image::prepare_for_ocr(&img)));
+            todo.push((item, prepared));
         }
         if todo.is_empty() {
             return Ok(deferred);

@@ -5,6 +5,7 @@ use crate::exit;
 use anyhow::{bail, Result};
 use mnema_extract::image::{decode_image, prepare_for_ocr};
 use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrLine, OcrPool};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,13 +61,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             out(format!("(engine {} unavailable: {})", e.name, e.reason.clone().unwrap_or_default()))?;
         }
     }
-    // Decode everything once; bad images are reported and skipped.
+    // Decode everything once, on all cores; bad images are reported and skipped.
     let mut failed = 0;
-    let mut decoded = Vec::new();
-    for p in &a.images {
+    let prepared: Vec<_> = {
         let _s = mnema_core::profile::stage("decode");
-        match decode_image(p, 256 << 20) {
-            Ok(img) => decoded.push((p.clone(), prepare_for_ocr(&img))),
+        a.images.par_iter().map(|p| decode_image(p, 256 << 20).map(|img| prepare_for_ocr(&img))).collect()
+    };
+    let mut decoded = Vec::new();
+    for (p, r) in a.images.iter().zip(prepared) {
+        match r {
+            Ok(g) => decoded.push((p.clone(), g)),
             Err(e) => {
                 failed += 1;
                 eprintln!("mnema: {}: {e}", p.display());

@@ -131,7 +131,11 @@ impl OcrPool {
     /// OpenMP threads busy-wait and slow it down on few cores, so mnema sets
     /// `OMP_THREAD_LIMIT=1` and parallelises across images instead).
     pub fn new(name: &str, opts: &EngineOptions, workers: usize) -> Result<OcrPool> {
-        let engines = (0..workers.max(1)).map(|_| load_engine(name, opts).map(Mutex::new)).collect::<Result<Vec<_>>>()?;
+        // Engines initialise in parallel (Tesseract's rus+eng load is ~0.17 s each).
+        let engines = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers.max(1)).map(|_| s.spawn(|| load_engine(name, opts).map(Mutex::new))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(ExtractError::BadInput(format!("OCR engine {name} panicked while loading"))))).collect::<Result<Vec<_>>>()
+        })?;
         let name = engines[0].lock().map(|e| e.name()).unwrap_or("ocr");
         Ok(OcrPool { name, engines })
     }

@@ -47,6 +47,9 @@ fn init(opts: &EngineOptions) -> Result<tesseract::Tesseract> {
         .map_err(|e| ExtractError::BadInput(format!("tesseract failed to load ({langs}): {e}")))?;
     // Screenshots carry no resolution; a fixed one silences Tesseract's guessing and warnings.
     let t = t.set_variable("debug_file", "/dev/null").map_err(|e| ExtractError::BadInput(format!("tesseract: {e}")))?;
+    // Dark themes are inverted before recognition (image.rs), so Tesseract's own second try
+    // of each doubtful line in inverted colours is wasted time.
+    let t = t.set_variable("tessedit_do_invert", "0").map_err(|e| ExtractError::BadInput(format!("tesseract: {e}")))?;
     Ok(t)
 }
 
