@@ -44,9 +44,11 @@ import json, sys
 b, kb, secs, s0, s1, out = sys.argv[1:]
 lines = open(out).read().splitlines()
 rep = json.loads(lines[-1])
-files = sum(1 for l in lines[:-1] if l.startswith("{"))
+import re
+m = next((re.search(r"indexed (\d+), unchanged \d+, failed (\d+)", l) for l in lines if l.startswith("indexed ")), None)
+files = f"{m.group(1)} indexed, {m.group(2)} failed" if m else "?"
 loads = sum(1 for e in rep["model_events"] if e["event"] == "load")
-print(f"{b:<9} {int(kb)/1024:12.1f} {float(secs):9.1f} {float(s1)-float(s0):11.1f} {loads:7d} {rep['rss_idle_bytes']/2**20:14.1f} {files}")
+print(f"{b:<9} {int(kb)/1024:12.1f} {float(secs):9.1f} {float(s1)-float(s0):11.1f} {loads:7d} {rep['rss_idle_bytes']/2**20:14.1f} {files}", flush=True)
 PY
   rm -rf "$home"
 done

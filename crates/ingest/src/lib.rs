@@ -498,9 +498,13 @@ impl<'a> Ingester<'a> {
         if todo.is_empty() {
             return Ok(deferred);
         }
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
         let engine = "tesseract";
-        let est = mnema_extract::ocr::engines_in(&self.config.models_dir).iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory) * workers as u64;
+        let per = mnema_extract::ocr::engines_in(&self.config.models_dir).iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory);
+        // One engine per core, as many as the budget holds; the embedder is let go so it can
+        // be evicted if OCR needs its room (it is reloaded for the text after).
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len()).min((self.models.budget() / per.max(1)).max(1) as usize);
+        self.embedder = None;
+        let est = per * workers as u64;
         let pool = self.models.acquire(&format!("ocr:{engine}"), est, || {
             let _s = stage("load-model");
             OcrPool::new(engine, &EngineOptions::with_models(&self.config.models_dir), workers)
