@@ -1,11 +1,10 @@
 //! `mnema`: the command-line front end. Parses flags, resolves the configuration once,
 //! dispatches to a command, and prints errors once at the top as `mnema: <reason>`.
 //!
-//! **Architecture Invariant:** only this crate prints to stdout and knows the JSON shapes of
-//! the CLI contract (`wire.rs`).
+//! **Architecture Invariant:** only this crate prints to stdout; the JSON shapes of the
+//! contract live in `mnema-server`'s `wire.rs`, shared by the CLI and the HTTP API.
 
 mod cmd;
-mod wire;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -63,6 +62,8 @@ enum Command {
     Ocr(cmd::ocr::Args),
     /// Transcribe voice memos and recordings (Whisper), with timestamps.
     Transcribe(cmd::transcribe::Args),
+    /// Serve the web UI and the JSON API (default http://127.0.0.1:8501/).
+    Serve(cmd::serve::Args),
     /// Print embedding vectors for texts (for checks and scripting).
     Embed(cmd::embed::Args),
     /// List, fetch and verify model files.
@@ -121,6 +122,7 @@ fn dispatch(ctx: &cmd::Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Embed(a) => cmd::embed::run(ctx, a),
         Command::Ocr(a) => cmd::ocr::run(ctx, a),
         Command::Transcribe(a) => cmd::transcribe::run(ctx, a),
+        Command::Serve(a) => cmd::serve::run(ctx, a),
         Command::Models(a) => cmd::models::run(ctx, a),
         Command::Doctor => cmd::doctor::run(ctx),
         Command::Status => cmd::status::run(ctx),

@@ -2,7 +2,7 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use crate::wire::{CheckOut, DoctorOut};
+use mnema_server::wire::{CheckOut, DoctorOut};
 use anyhow::Result;
 use mnema_core::ByteSize;
 use mnema_models::catalog::{check, model_names};

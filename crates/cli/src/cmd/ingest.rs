@@ -1,7 +1,8 @@
 //! `mnema ingest PATH...`
 
 use super::{out, out_json, Ctx};
-use crate::{exit, wire::IngestOut};
+use crate::exit;
+use mnema_server::wire::IngestOut;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mnema_ingest::{collect, Ingester, Status};

@@ -2,7 +2,7 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use crate::wire::{ChunkOut, ItemOut, ShowOut};
+use mnema_server::wire::{ChunkOut, ItemOut, ShowOut};
 use anyhow::Result;
 
 #[derive(clap::Args, Debug)]

@@ -8,6 +8,7 @@ pub mod models;
 pub mod ocr;
 pub mod profile;
 pub mod search;
+pub mod serve;
 pub mod status;
 pub mod transcribe;
 

@@ -2,7 +2,7 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use crate::wire::{ModelFileOut, ModelOut};
+use mnema_server::wire::{ModelFileOut, ModelOut};
 use anyhow::{bail, Context, Result};
 use mnema_models::catalog::{check, model_names};
 use std::path::Path;

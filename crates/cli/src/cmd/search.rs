@@ -2,7 +2,7 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use crate::wire::{HitOut, SearchOut};
+use mnema_server::wire::{HitOut, SearchOut};
 use anyhow::{Context, Result};
 use mnema_core::{Filters, Kind, SearchMode};
 use mnema_search::{search, SearchQuery};

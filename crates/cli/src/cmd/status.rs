@@ -13,19 +13,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     let mut sys = sysinfo::System::new().map_err(|e| anyhow::anyhow!("cannot read memory figures: {e}"))?;
     sys.refresh_memory();
     if ctx.json {
-        let models: Vec<_> = loaded
-            .iter()
-            .map(|m| serde_json::json!({ "name": m.name, "bytes": m.cost, "in_use": m.in_use, "idle_s": m.idle.as_secs_f64() }))
-            .collect();
-        out_json(&serde_json::json!({
-            "memory_budget_bytes": ctx.budget.0,
-            "models_budget_bytes": ctx.models.budget(),
-            "models_used_bytes": ctx.models.used(),
-            "models": models,
-            "process_rss_bytes": process_rss(),
-            "machine": { "total_bytes": sys.total_memory(), "available_bytes": available_memory(), "swap_total_bytes": sys.total_swap(), "swap_used_bytes": sys.used_swap() },
-            "store": { "home": ctx.config.home, "items": stats.items, "chunks": stats.chunks, "db_bytes": stats.db_bytes, "embedder": store.embedder()?.map(|e| e.0) },
-        }))?;
+        out_json(&mnema_server::wire::status(&ctx.config, ctx.budget.0, &ctx.models, &store)?)?;
         return Ok(exit::OK);
     }
     out(format!("memory budget   {} (models {}, in use {})", ctx.budget, ByteSize(ctx.models.budget()), ByteSize(ctx.models.used())))?;

@@ -156,3 +156,35 @@ pub struct ModelFileOut {
     pub verified: Option<bool>,
     pub source: String,
 }
+
+/// `mnema --json status` and `GET /api/status`.
+pub fn status(config: &mnema_core::Config, budget: u64, models: &mnema_models::manager::ModelManager, store: &mnema_store::Store) -> Result<serde_json::Value, mnema_store::StoreError> {
+    use mnema_models::manager::{available_memory, process_rss};
+    let stats = store.stats()?;
+    let (total, swap_total, swap_used) = match sysinfo::System::new() {
+        Ok(mut sys) => {
+            sys.refresh_memory();
+            (sys.total_memory(), sys.total_swap(), sys.used_swap())
+        }
+        Err(_) => (0, 0, 0),
+    };
+    let loaded: Vec<_> = models.loaded().iter().map(|m| serde_json::json!({ "name": m.name, "bytes": m.cost, "in_use": m.in_use, "idle_s": m.idle.as_secs_f64() })).collect();
+    let events: Vec<_> = models
+        .events()
+        .iter()
+        .map(|e| match e {
+            mnema_models::manager::Event::Load { name, cost, elapsed } => serde_json::json!({ "event": "load", "model": name, "bytes": cost, "ms": elapsed.as_secs_f64() * 1e3 }),
+            mnema_models::manager::Event::Unload { name, reason } => serde_json::json!({ "event": "unload", "model": name, "reason": reason }),
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "memory_budget_bytes": budget,
+        "models_budget_bytes": models.budget(),
+        "models_used_bytes": models.used(),
+        "models": loaded,
+        "model_events": events,
+        "process_rss_bytes": process_rss(),
+        "machine": { "total_bytes": total, "available_bytes": available_memory(), "swap_total_bytes": swap_total, "swap_used_bytes": swap_used },
+        "store": { "home": config.home, "items": stats.items, "chunks": stats.chunks, "db_bytes": stats.db_bytes, "embedder": store.embedder()?.map(|e| e.0) },
+    }))
+}

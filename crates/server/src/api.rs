@@ -1,0 +1,466 @@
+//! The JSON API: routes, the token check, the one error → status mapping, and ingest jobs
+//! with progress streamed as server-sent events.
+
+use crate::wire::{ChunkOut, HitOut, IngestOut, ItemOut, SearchOut, ShowOut};
+use crate::ServeOptions;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mnema_core::{Config, Filters, Kind, SearchMode};
+use mnema_models::manager::ModelManager;
+use mnema_store::Store;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Shared by all requests.
+pub(crate) struct Inner {
+    config: Config,
+    models: Arc<ModelManager>,
+    /// One connection for reads and deletes; ingest jobs open their own (SQLite WAL lets
+    /// readers go on while a job writes).
+    store: Mutex<Store>,
+    opts: ServeOptions,
+    jobs: Mutex<HashMap<u64, Arc<Job>>>,
+    next_job: std::sync::atomic::AtomicU64,
+    started: Instant,
+}
+
+pub(crate) type State = Arc<Inner>;
+
+pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Store, opts: ServeOptions) -> State {
+    Arc::new(Inner { config, models, store: Mutex::new(store), opts, jobs: Mutex::new(HashMap::new()), next_job: 1.into(), started: Instant::now() })
+}
+
+/// Every API failure, mapped to a status here and nowhere else.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    BadRequest(String),
+    Unauthorized,
+    NotFound(String),
+    TooLarge(u64),
+    Busy(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, msg) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong token (send `Authorization: Bearer TOKEN`)".into()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::TooLarge(limit) => (StatusCode::PAYLOAD_TOO_LARGE, format!("upload larger than the limit of {}", mnema_core::ByteSize(limit))),
+            ApiError::Busy(m) => (StatusCode::TOO_MANY_REQUESTS, m),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+        };
+        (status, Json(serde_json::json!({ "error": msg }))).into_response()
+    }
+}
+
+impl From<mnema_store::StoreError> for ApiError {
+    fn from(e: mnema_store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<mnema_search::SearchError> for ApiError {
+    fn from(e: mnema_search::SearchError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<mnema_extract::ExtractError> for ApiError {
+    fn from(e: mnema_extract::ExtractError) -> Self {
+        match e {
+            mnema_extract::ExtractError::Model(mnema_models::ModelError::OverBudget { .. } | mnema_models::ModelError::LowMemory { .. }) => ApiError::Busy(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
+}
+
+pub(crate) fn router(state: State) -> Router {
+    let limit = state.opts.max_upload as usize;
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/search", get(search))
+        .route("/api/items/{id}", get(item).delete(delete_item))
+        .route("/api/files/{id}", get(file))
+        .route("/api/status", get(status))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/ingest", post(ingest))
+        .route("/api/upload", post(upload).layer(DefaultBodyLimit::max(limit)))
+        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}/events", get(job_events))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+/// With a token configured, every request must carry it: `Authorization: Bearer T`, a
+/// `token` query parameter (sets a cookie for the UI), or the `mnema_token` cookie.
+async fn auth(AxState(st): AxState<State>, req: Request, next: Next) -> Response {
+    let Some(token) = st.opts.token.as_deref().filter(|t| !t.is_empty()) else {
+        return next.run(req).await;
+    };
+    let h = req.headers();
+    let bearer = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let cookie = h.get(header::COOKIE).and_then(|v| v.to_str().ok()).and_then(|c| c.split(';').find_map(|kv| kv.trim().strip_prefix("mnema_token=").map(str::to_string)));
+    let query = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string)));
+    let ok = [&bearer, &cookie, &query].iter().any(|t| t.as_deref() == Some(token));
+    if !ok {
+        return ApiError::Unauthorized.into_response();
+    }
+    let mut resp = next.run(req).await;
+    if query.is_some() {
+        if let Ok(v) = HeaderValue::from_str(&format!("mnema_token={token}; Path=/; HttpOnly; SameSite=Strict")) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+async fn health(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
+    let st2 = st.clone();
+    let items = blocking(move || Ok(st2.store.lock().unwrap_or_else(|e| e.into_inner()).stats()?.items)).await?;
+    Ok(Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "items": items, "uptime_s": st.started.elapsed().as_secs() })))
+}
+
+#[derive(Deserialize)]
+struct SearchParams {
+    q: Option<String>,
+    limit: Option<usize>,
+    mode: Option<String>,
+    kind: Option<String>,
+    path: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+async fn search(AxState(st): AxState<State>, Query(p): Query<SearchParams>) -> ApiResult<Json<serde_json::Value>> {
+    let started = Instant::now();
+    let text = p.q.unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(ApiError::BadRequest("query parameter q is empty".into()));
+    }
+    if text.len() > 2000 {
+        return Err(ApiError::BadRequest("query longer than 2000 bytes".into()));
+    }
+    let mode_s = p.mode.unwrap_or_else(|| "hybrid".into());
+    let mode: SearchMode = mode_s.parse().map_err(ApiError::BadRequest)?;
+    let mut kinds = Vec::new();
+    for k in p.kind.iter().flat_map(|k| k.split(',')).filter(|k| !k.is_empty()) {
+        kinds.push(k.parse::<Kind>().map_err(ApiError::BadRequest)?);
+    }
+    let time = |s: Option<String>| -> ApiResult<Option<i64>> { s.filter(|s| !s.is_empty()).map(|s| mnema_core::time::parse(&s).map_err(ApiError::BadRequest)).transpose() };
+    let q = mnema_search::SearchQuery {
+        text: text.clone(),
+        mode,
+        filters: Filters { kinds, path_prefix: p.path.filter(|s| !s.is_empty()), since: time(p.since)?, until: time(p.until)? },
+        limit: p.limit.unwrap_or(10).clamp(1, 200),
+    };
+    let hits = blocking(move || {
+        // The query vector is computed before taking the store, so searches embed in parallel.
+        let name = st.store.lock().unwrap_or_else(|e| e.into_inner()).embedder()?.map(|e| e.0);
+        let vector = match (mode, name) {
+            (SearchMode::Keyword, _) | (_, None) => None,
+            (_, Some(name)) => {
+                let e = mnema_ingest::acquire_embedder(&st.config, &st.models, &name)?;
+                let _s = mnema_core::profile::stage("embed");
+                e.embed(&[q.text.as_str()], mnema_extract::Role::Query)?.pop()
+            }
+        };
+        let mut store = st.store.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(mnema_search::search_with_vector(&mut store, vector.as_deref(), &q)?)
+    })
+    .await?;
+    let hits: Vec<HitOut> = hits.into_iter().map(HitOut::from).collect();
+    let elapsed_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+    Ok(Json(serde_json::to_value(SearchOut { query: &text, mode: &mode_s, hits, elapsed_ms }).map_err(|e| ApiError::Internal(e.to_string()))?))
+}
+
+fn parse_id(s: &str) -> ApiResult<i64> {
+    s.parse::<i64>().map_err(|_| ApiError::NotFound(format!("no item with id '{s}'")))
+}
+
+async fn item(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    blocking(move || {
+        let store = st.store.lock().unwrap_or_else(|e| e.into_inner());
+        let item = store.item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
+        let chunks: Vec<ChunkOut> = store.chunks(id)?.into_iter().map(|(c, _)| c.into()).collect();
+        Ok(Json(serde_json::to_value(ShowOut { item: ItemOut::from(item), chunks }).map_err(|e| ApiError::Internal(e.to_string()))?))
+    })
+    .await
+}
+
+async fn delete_item(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    blocking(move || {
+        let mut store = st.store.lock().unwrap_or_else(|e| e.into_inner());
+        let item = store.item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
+        let deleted = store.delete_item(id)?;
+        Ok(Json(serde_json::json!({ "id": id, "deleted": deleted, "path": item.path })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct FileParams {
+    thumb: Option<String>,
+}
+
+fn content_type(path: &std::path::Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("bmp") => "image/bmp",
+        Some("tif" | "tiff") => "image/tiff",
+        Some("wav") => "audio/wav",
+        Some("mp3") => "audio/mpeg",
+        Some("m4a" | "aac") => "audio/mp4",
+        Some("ogg" | "opus") => "audio/ogg",
+        Some("flac") => "audio/flac",
+        Some("md" | "markdown" | "txt" | "text" | "org" | "rst") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The item's original file (byte ranges supported, so audio can seek), or a 320 px wide
+/// PNG thumbnail of an image with `?thumb=1`. Only paths recorded in the store are served.
+async fn file(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>, Query(p): Query<FileParams>, headers: HeaderMap) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let thumb = p.thumb.as_deref().is_some_and(|t| t == "1" || t == "true");
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    blocking(move || {
+        let item = st.store.lock().unwrap_or_else(|e| e.into_inner()).item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
+        let path = std::path::PathBuf::from(&item.path);
+        let bytes = std::fs::read(&path).map_err(|_| ApiError::NotFound(format!("file of item {id} is gone: {}", item.path)))?;
+        if thumb {
+            if item.kind != Kind::Image {
+                return Err(ApiError::BadRequest(format!("item {id} is not an image")));
+            }
+            let img = mnema_extract::image::decode_bytes(&bytes, "").map_err(|e| ApiError::Internal(e.to_string()))?;
+            let t = img.thumbnail(320, 320);
+            let mut out = std::io::Cursor::new(Vec::new());
+            t.write_to(&mut out, image::ImageFormat::Png).map_err(|e| ApiError::Internal(e.to_string()))?;
+            return Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "max-age=3600")], out.into_inner()).into_response());
+        }
+        let ct = content_type(&path);
+        let total = bytes.len() as u64;
+        if let Some((a, b)) = range.as_deref().and_then(|r| parse_range(r, total)) {
+            let body = bytes[a as usize..=b as usize].to_vec();
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{total}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+        Ok(([(header::CONTENT_TYPE, ct), (header::ACCEPT_RANGES, "bytes")], bytes).into_response())
+    })
+    .await
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` → inclusive range within `total`.
+fn parse_range(r: &str, total: u64) -> Option<(u64, u64)> {
+    let spec = r.strip_prefix("bytes=")?.split(',').next()?.trim();
+    let (a, b) = spec.split_once('-')?;
+    if total == 0 {
+        return None;
+    }
+    let (start, end) = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(a), Some(b)) => (a, b.min(total - 1)),
+        (Some(a), None) => (a, total - 1),
+        (None, Some(n)) => (total.saturating_sub(n), total - 1),
+        (None, None) => return None,
+    };
+    (start <= end && start < total).then_some((start, end))
+}
+
+async fn status(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
+    blocking(move || {
+        let store = st.store.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = crate::wire::status(&st.config, st.opts.budget, &st.models, &store)?;
+        let jobs: Vec<serde_json::Value> = st.jobs.lock().unwrap_or_else(|e| e.into_inner()).values().map(|j| j.snapshot()).collect();
+        v["jobs"] = jobs.into();
+        Ok(Json(v))
+    })
+    .await
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// An ingest job: progress counters and the per-file outcomes so far.
+pub(crate) struct Job {
+    id: u64,
+    total: std::sync::atomic::AtomicUsize,
+    state: Mutex<JobState>,
+    changed: tokio::sync::watch::Sender<usize>,
+}
+
+#[derive(Default)]
+struct JobState {
+    files: Vec<serde_json::Value>,
+    done: bool,
+    error: Option<String>,
+}
+
+impl Job {
+    fn snapshot(&self) -> serde_json::Value {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = s.files.iter().filter(|f| f["status"] == "failed").count();
+        serde_json::json!({ "id": self.id, "total": self.total.load(std::sync::atomic::Ordering::Relaxed), "done_files": s.files.len(), "failed": failed, "done": s.done, "error": s.error, "files": s.files })
+    }
+}
+
+#[derive(Deserialize)]
+struct IngestBody {
+    paths: Vec<String>,
+}
+
+async fn ingest(AxState(st): AxState<State>, body: Result<Json<IngestBody>, axum::extract::rejection::JsonRejection>) -> ApiResult<Response> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("expected JSON {{\"paths\": [...]}}: {}", e.body_text())))?;
+    if body.paths.is_empty() {
+        return Err(ApiError::BadRequest("paths is empty".into()));
+    }
+    let job = start_job(&st, body.paths.into_iter().map(std::path::PathBuf::from).collect());
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job": job, "events": format!("/api/jobs/{job}/events") }))).into_response())
+}
+
+fn start_job(st: &State, paths: Vec<std::path::PathBuf>) -> u64 {
+    let id = st.next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (tx, _) = tokio::sync::watch::channel(0);
+    let job = Arc::new(Job { id, total: 0.into(), state: Mutex::new(JobState::default()), changed: tx });
+    st.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, job.clone());
+    let st = st.clone();
+    std::thread::spawn(move || {
+        let run = || -> Result<(), String> {
+            let (files, missing) = mnema_ingest::collect(&paths);
+            job.total.store(files.len() + missing.len(), std::sync::atomic::Ordering::Relaxed);
+            let push = |o: &mnema_ingest::Outcome| {
+                let v = serde_json::to_value(IngestOut::from(o)).unwrap_or_default();
+                let n = {
+                    let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.files.push(v);
+                    s.files.len()
+                };
+                let _ = job.changed.send(n);
+            };
+            missing.iter().for_each(push);
+            let mut store = Store::open(&st.config.home).map_err(|e| e.to_string())?;
+            mnema_ingest::Ingester::new(&st.config, &mut store, &st.models).run(&files, push).map_err(|e| e.to_string())?;
+            Ok(())
+        };
+        let r = run();
+        let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.done = true;
+        s.error = r.err();
+        let n = s.files.len();
+        drop(s);
+        let _ = job.changed.send(n + 1);
+    });
+    id
+}
+
+/// Upload a file (raw body, `?name=FILE`): saved under `<home>/uploads/` and ingested.
+#[derive(Deserialize)]
+struct UploadParams {
+    name: Option<String>,
+}
+
+async fn upload(AxState(st): AxState<State>, Query(p): Query<UploadParams>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Response> {
+    let body = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge(st.opts.max_upload) } else { ApiError::BadRequest(e.body_text()) })?;
+    let name = p.name.unwrap_or_default();
+    // Only a plain file name: no directories, no traversal.
+    let clean: String = name.chars().filter(|c| !matches!(c, '/' | '\\' | '\0')).collect();
+    if clean.is_empty() || clean.starts_with('.') || clean != name {
+        return Err(ApiError::BadRequest(format!("bad file name '{name}' (a plain name like memo.m4a)")));
+    }
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("empty upload".into()));
+    }
+    let dir = st.config.home.join("uploads");
+    let path = dir.join(&clean);
+    blocking({
+        let path = path.clone();
+        move || {
+            std::fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+            std::fs::write(&path, &body).map_err(|e| ApiError::Internal(e.to_string()))
+        }
+    })
+    .await?;
+    let job = start_job(&st, vec![path.clone()]);
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job": job, "path": path, "events": format!("/api/jobs/{job}/events") }))).into_response())
+}
+
+fn find_job(st: &State, id: &str) -> ApiResult<Arc<Job>> {
+    let n = id.parse::<u64>().map_err(|_| ApiError::NotFound(format!("no job '{id}'")))?;
+    st.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(&n).cloned().ok_or_else(|| ApiError::NotFound(format!("no job {n}")))
+}
+
+async fn job(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(find_job(&st, &id)?.snapshot()))
+}
+
+/// Progress as server-sent events: one `progress` event per finished file, then `done`.
+async fn job_events(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>> {
+    let job = find_job(&st, &id)?;
+    let rx = job.changed.subscribe();
+    let stream = futures_util::stream::unfold((job, rx, 0usize, false), |(job, mut rx, sent, finished)| async move {
+        if finished {
+            return None;
+        }
+        loop {
+            let (next, done, total) = {
+                let s = job.state.lock().unwrap_or_else(|e| e.into_inner());
+                (s.files.get(sent).cloned(), s.done, job.total.load(std::sync::atomic::Ordering::Relaxed))
+            };
+            if let Some(f) = next {
+                let data = serde_json::json!({ "done_files": sent + 1, "total": total, "file": f });
+                return Some((Ok(Event::default().event("progress").data(data.to_string())), (job, rx, sent + 1, false)));
+            }
+            if done {
+                let snap = job.snapshot();
+                return Some((Ok(Event::default().event("done").data(snap.to_string())), (job, rx, sent, true)));
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=500-5000", 1000), Some((500, 999)));
+        assert_eq!(parse_range("bytes=1000-", 1000), None);
+        assert_eq!(parse_range("items=0-1", 1000), None);
+    }
+}
