@@ -545,3 +545,192 @@ fn transcribe_command_prints_segments_and_fails_per_file() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("[00:0") && text.to_lowercase().contains("thursday"), "{text}");
 }
+
+/// A running `mnema serve` on a free loopback port, stopped on drop.
+struct Server {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Result<Server, String> {
+        use std::io::BufRead;
+        let mut cmd = env.cmd();
+        cmd.arg("serve").args(extra).stderr(Stdio::piped()).stdout(Stdio::null());
+        if !extra.contains(&"--addr") {
+            cmd.args(["--addr", "127.0.0.1:0"]);
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        match line.split("http://").nth(1).and_then(|r| r.split('/').next()) {
+            Some(addr) => Ok(Server { child, addr: addr.to_string() }),
+            None => {
+                let _ = child.wait();
+                Err(line)
+            }
+        }
+    }
+
+    /// One HTTP/1.1 request; returns status, headers (lowercase) and body.
+    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n", self.addr, body.len());
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut body = raw[split + 4..].to_vec();
+        if head.contains("transfer-encoding: chunked") {
+            let mut out = Vec::new();
+            let mut rest = &body[..];
+            while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
+                let n = usize::from_str_radix(std::str::from_utf8(&rest[..p]).unwrap().trim(), 16).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&rest[p + 2..p + 2 + n]);
+                rest = &rest[p + 2 + n + 2..];
+            }
+            body = out;
+        }
+        (status, head, body)
+    }
+
+    fn get_json(&self, path: &str) -> (u16, Value) {
+        let (st, _, b) = self.req("GET", path, &[], b"");
+        (st, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http_api_over_a_real_store() {
+    let env = Env::new();
+    let dir = env.dir.path().join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(repo().join("samples/notes/borsch.md"), dir.join("borsch.md")).unwrap();
+    screenshot(&dir.join("settings.png"), &["Подписка стоит 299 рублей в месяц", "Отменить подписку можно в настройках"], false);
+    voice_memo(&dir.join("memo.wav"), "My ideas about vectorization: store every note as an embedding.", 3.0);
+    assert_eq!(env.run(&["ingest", dir.to_str().unwrap()]).status.code(), Some(0));
+    let srv = Server::start(&env, &[], &[]).unwrap();
+
+    let (st, h) = srv.get_json("/api/health");
+    assert_eq!((st, h["ok"].as_bool(), h["items"].as_u64()), (200, Some(true), Some(3)));
+    // Same JSON as the CLI.
+    let (st, v) = srv.get_json("/api/search?q=beet%20soup%20recipe&limit=3");
+    assert_eq!(st, 200);
+    let cli = env.search(&["beet soup recipe", "--limit", "3"]);
+    let ids = |v: &Value| v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(ids(&v), ids(&cli));
+    assert!(v["hits"][0]["path"].as_str().unwrap().ends_with("borsch.md"));
+    let (_, v) = srv.get_json("/api/search?q=%D0%BE%D1%82%D0%BC%D0%B5%D0%BD%D0%B8%D1%82%D1%8C&kind=image&mode=keyword");
+    let hit = &v["hits"][0];
+    assert_eq!(hit["kind"], "image");
+    assert_eq!(hit["boxes"].as_array().unwrap().len(), 1, "{hit}");
+    let (_, v) = srv.get_json("/api/search?q=ideas%20about%20vectorization&kind=audio");
+    assert!((2000..=4500).contains(&v["hits"][0]["start_ms"].as_i64().unwrap()), "{v}");
+    let audio_id = v["hits"][0]["id"].as_i64().unwrap();
+    let image_id = hit["id"].as_i64().unwrap();
+    // Malformed queries: 400 with a JSON reason.
+    for bad in ["/api/search", "/api/search?q=", "/api/search?q=x&mode=fuzzy", "/api/search?q=x&kind=video", "/api/search?q=x&since=yesterday"] {
+        let (st, v) = srv.get_json(bad);
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert!(v["error"].is_string(), "{bad}");
+    }
+    // Items: found, unknown (404 JSON), nonsense ids.
+    let (st, v) = srv.get_json(&format!("/api/items/{audio_id}"));
+    assert_eq!(st, 200);
+    assert!(v["item"]["meta"]["segments"].as_array().is_some_and(|s| !s.is_empty()));
+    for bad in ["/api/items/999999", "/api/items/abc", "/api/items/-1", "/api/nope"] {
+        let (st, v) = srv.get_json(bad);
+        assert_eq!(st, 404, "{bad}");
+        assert!(v["error"].is_string(), "{bad}");
+    }
+    // Files: the original, a range of it (audio seeks), a thumbnail; traversal finds nothing.
+    let (st, h, b) = srv.req("GET", &format!("/api/files/{image_id}"), &[], b"");
+    assert_eq!(st, 200);
+    assert!(h.contains("content-type: image/png"));
+    assert_eq!(b, std::fs::read(dir.join("settings.png")).unwrap());
+    let (st, h, b) = srv.req("GET", &format!("/api/files/{audio_id}"), &[("Range", "bytes=10-19")], b"");
+    assert_eq!((st, b.len()), (206, 10));
+    assert!(h.contains("content-range: bytes 10-19/"), "{h}");
+    let (st, h, b) = srv.req("GET", &format!("/api/files/{image_id}?thumb=1"), &[], b"");
+    assert_eq!(st, 200);
+    assert!(h.contains("image/png") && b.len() < std::fs::metadata(dir.join("settings.png")).unwrap().len() as usize, "thumbnail is smaller");
+    for bad in ["/api/files/..%2F..%2F..%2Fetc%2Fpasswd", "/api/files/../../etc/passwd", "/api/files/%2Fetc%2Fpasswd", "/..%2f..%2fetc/passwd"] {
+        let (st, _, b) = srv.req("GET", bad, &[], b"");
+        assert!(st == 404 || st == 400, "{bad}: {st}");
+        assert!(!String::from_utf8_lossy(&b).contains("root:"), "{bad} leaked a system file");
+    }
+    // Ingest job with server-sent progress events, and bad JSON bodies.
+    let more = env.dir.path().join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    std::fs::write(more.join("plan.md"), "# План\nКупить билеты на поезд в четверг.").unwrap();
+    std::fs::write(more.join("bad.md"), b"\0\0binary").unwrap();
+    let body = serde_json::json!({ "paths": [more] }).to_string();
+    let (st, _, b) = srv.req("POST", "/api/ingest", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    let job = serde_json::from_slice::<Value>(&b).unwrap()["job"].as_u64().unwrap();
+    let (st, _, events) = srv.req("GET", &format!("/api/jobs/{job}/events"), &[], b"");
+    assert_eq!(st, 200);
+    let events = String::from_utf8_lossy(&events);
+    assert_eq!(events.matches("event: progress").count(), 2, "{events}");
+    assert!(events.contains("event: done") && events.contains("\"failed\":1"), "{events}");
+    assert!(srv.get_json("/api/search?q=%D0%B1%D0%B8%D0%BB%D0%B5%D1%82%D1%8B&mode=keyword").1["hits"][0]["path"].as_str().unwrap().ends_with("plan.md"));
+    for bad in [&b"{not json"[..], b"{\"paths\": []}", b"{\"paths\": 5}"] {
+        let (st, _, b) = srv.req("POST", "/api/ingest", &[("Content-Type", "application/json")], bad);
+        assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
+    }
+    // Uploads: a plain name only; over the limit is 413 JSON.
+    let (st, _, _) = srv.req("POST", "/api/upload?name=..%2Fevil.md", &[], b"x");
+    assert_eq!(st, 400);
+    let (st, _, b) = srv.req("POST", "/api/upload?name=note.md", &[], "Загружено через API".as_bytes());
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
+    drop(srv);
+    let small = Server::start(&env, &["--max-upload", "1KiB"], &[]).unwrap();
+    let (st, _, b) = small.req("POST", "/api/upload?name=big.md", &[], &vec![b'a'; 4096]);
+    assert_eq!(st, 413);
+    assert!(String::from_utf8_lossy(&b).contains("limit"), "{}", String::from_utf8_lossy(&b));
+    // Delete, then it is gone.
+    let (st, v) = small.get_json("/api/openapi.json");
+    assert!(st == 200 && v["paths"]["/api/search"].is_object());
+    let (st, _, _) = small.req("DELETE", &format!("/api/items/{image_id}"), &[], b"");
+    assert_eq!(st, 200);
+    assert_eq!(small.get_json(&format!("/api/items/{image_id}")).0, 404);
+    assert_eq!(small.req("DELETE", &format!("/api/items/{image_id}"), &[], b"").0, 404);
+}
+
+#[test]
+fn http_token_is_required_off_loopback_and_checked() {
+    let env = Env::new();
+    // Any address but loopback without a token: refused at start.
+    let err = Server::start(&env, &["--addr", "0.0.0.0:0"], &[("MNEMA_TOKEN", "")]).err().expect("started without a token");
+    assert!(err.contains("MNEMA_TOKEN"), "{err}");
+    let srv = Server::start(&env, &[], &[("MNEMA_TOKEN", "s3cret")]).unwrap();
+    assert_eq!(srv.req("GET", "/api/health", &[], b"").0, 401);
+    assert_eq!(srv.req("GET", "/api/health", &[("Authorization", "Bearer wrong")], b"").0, 401);
+    assert_eq!(srv.req("GET", "/api/health", &[("Authorization", "Bearer s3cret")], b"").0, 200);
+    let (st, h, _) = srv.req("GET", "/api/health?token=s3cret", &[], b"");
+    assert_eq!(st, 200);
+    assert!(h.contains("set-cookie: mnema_token=s3cret"), "{h}");
+    assert_eq!(srv.req("GET", "/api/health", &[("Cookie", "mnema_token=s3cret")], b"").0, 200);
+}
