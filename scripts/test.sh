@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of mnema on a fresh Debian machine: installs what is missing (packages,
 # verified model files), builds, runs the whole test suite against the real models, checks
-# that the benchmarks still compile, and checks the CLI's JSON contract.
+# that the benchmarks still compile, checks the CLI's JSON contract and tests the web UI in
+# a real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mnema-target}
@@ -12,3 +13,5 @@ cargo bench --locked --workspace --no-run -q
 if [ -f ../shared/check-contract.py ]; then
   MNEMA_BIN="$CARGO_TARGET_DIR/release/mnema" python3 ../shared/check-contract.py
 fi
+# The web UI in headless Chromium against a real server (screenshots: $CARGO_TARGET_DIR/ui-artifacts).
+MNEMA_BIN="$CARGO_TARGET_DIR/release/mnema" node tests/ui/ui.test.mjs
