@@ -124,6 +124,19 @@ try {
     assert.equal(await page.locator("#bar").evaluate(b => b.value), 1);
   });
 
+  await check("engines page compares every engine on a dropped image", async page => {
+    await page.goto(base + "/#/engines");
+    await page.locator("#avail").waitFor();
+    await page.locator("#truth").fill("Подписка стоит 299 рублей в месяц\nОтменить подписку можно в настройках");
+    await page.locator("#img").setInputFiles(join(data, "settings.png"));
+    await page.locator('.engine[data-engine="paddle-ocr"]').waitFor({ timeout: 30000 });
+    const tess = await page.locator('.engine[data-engine="tesseract"]').innerText();
+    assert.match(tess, /Отменить подписку/);
+    assert.match(tess, /CER 0\.0\d\d/);
+    assert.match(await page.locator('.engine[data-engine="paddle-ocr"]').innerText(), /ms · peak RSS/);
+    assert.match(await page.locator("#avail").innerText(), /apple-vision.*unavailable/);
+  });
+
   await check("layout fits a phone screen", async page => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(base + "/");

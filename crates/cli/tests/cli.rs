@@ -622,6 +622,10 @@ impl Drop for Server {
     }
 }
 
+fn srv2(env: &Env) -> Server {
+    Server::start(env, &[], &[]).unwrap()
+}
+
 #[test]
 fn http_api_over_a_real_store() {
     let env = Env::new();
@@ -710,6 +714,27 @@ fn http_api_over_a_real_store() {
     let (st, _, b) = small.req("POST", "/api/upload?name=big.md", &[], &vec![b'a'; 4096]);
     assert_eq!(st, 413);
     assert!(String::from_utf8_lossy(&b).contains("limit"), "{}", String::from_utf8_lossy(&b));
+    // OCR comparison: one JSON line per engine, with error rates against the truth.
+    let png = std::fs::read(dir.join("settings.png")).unwrap();
+    let (st, h, b) = srv2(&env).req("POST", "/api/ocr?truth=%D0%9F%D0%BE%D0%B4%D0%BF%D0%B8%D1%81%D0%BA%D0%B0", &[], &png);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    assert!(h.contains("application/x-ndjson"));
+    let lines: Vec<Value> = String::from_utf8_lossy(&b).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["engine"].as_str().unwrap()).collect::<Vec<_>>(), ["tesseract", "paddle-ocr"]);
+    assert!(lines[0]["text"].as_str().unwrap().contains("Подписка") && lines[0]["cer"].is_number(), "{}", lines[0]);
+    assert_eq!(small.req("POST", "/api/ocr", &[], b"not an image").0, 400);
+    assert_eq!(srv2(&env).req("POST", "/api/ocr?engines=apple-vision", &[], &png).0, 400);
+    // Transcription of an uploaded recording: the CLI's JSON.
+    let wav = std::fs::read(dir.join("memo.wav")).unwrap();
+    let (st, _, b) = small.req("POST", "/api/transcribe?name=memo.wav", &[], &wav);
+    assert_eq!(st, 413, "the 1 KiB limit applies to recordings too");
+    let (st, _, b2) = srv2(&env).req("POST", "/api/transcribe?name=memo.wav&language=en", &[], &wav);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b2));
+    let t: Value = serde_json::from_slice(&b2).unwrap();
+    assert!(t["text"].as_str().unwrap().to_lowercase().contains("ideas about") && t["text"].as_str().unwrap().contains("embedding") && t["segments"].as_array().is_some_and(|s| !s.is_empty()), "{t}");
+    let _ = b;
+    let (st, v) = small.get_json("/api/models");
+    assert!(st == 200 && v["models"].as_array().unwrap().iter().any(|m| m["name"] == "whisper-base"), "{v}");
     // Delete, then it is gone.
     let (st, v) = small.get_json("/api/openapi.json");
     assert!(st == 200 && v["paths"]["/api/search"].is_object());

@@ -101,6 +101,10 @@ pub(crate) fn router(state: State) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/ingest", post(ingest))
         .route("/api/upload", post(upload).layer(DefaultBodyLimit::max(limit)))
+        .route("/api/ocr", post(ocr).layer(DefaultBodyLimit::max(limit)))
+        .route("/api/ocr/engines", get(ocr_engines))
+        .route("/api/transcribe", post(transcribe).layer(DefaultBodyLimit::max(limit)))
+        .route("/api/models", get(models))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/events", get(job_events))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -448,6 +452,112 @@ async fn job_events(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn models(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
+    let statuses = mnema_models::catalog::check(&st.config.models_dir, None, false).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({ "models_dir": st.config.models_dir, "models": crate::wire::models(statuses, false) })))
+}
+
+async fn ocr_engines(AxState(st): AxState<State>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "engines": mnema_extract::ocr::engines_in(&st.config.models_dir) }))
+}
+
+fn body_or_413(st: &State, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<axum::body::Bytes> {
+    let b = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge(st.opts.max_upload) } else { ApiError::BadRequest(e.body_text()) })?;
+    if b.is_empty() {
+        return Err(ApiError::BadRequest("empty body: send the file's bytes".into()));
+    }
+    Ok(b)
+}
+
+#[derive(Deserialize)]
+struct OcrParams {
+    engines: Option<String>,
+    truth: Option<String>,
+}
+
+/// Runs OCR engines on one uploaded image; the response streams one JSON line per engine
+/// as each finishes (`application/x-ndjson`), so a comparison shows progress.
+async fn ocr(AxState(st): AxState<State>, Query(p): Query<OcrParams>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Response> {
+    let bytes = body_or_413(&st, body)?;
+    let img = mnema_extract::image::decode_bytes(&bytes, "").map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let prepared = mnema_extract::image::prepare_for_ocr(&img);
+    let all = mnema_extract::ocr::engines_in(&st.config.models_dir);
+    let wanted: Vec<&'static str> = match p.engines.as_deref().unwrap_or("all") {
+        "all" => all.iter().filter(|e| e.available).map(|e| e.name).collect(),
+        list => {
+            let mut v = Vec::new();
+            for n in list.split(',') {
+                let e = all.iter().find(|e| e.name == n).ok_or_else(|| ApiError::BadRequest(format!("unknown OCR engine '{n}'")))?;
+                if !e.available {
+                    return Err(ApiError::BadRequest(format!("OCR engine {n} is unavailable: {}", e.reason.clone().unwrap_or_default())));
+                }
+                v.push(e.name);
+            }
+            v
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(8);
+    std::thread::spawn(move || {
+        for name in wanted {
+            let per = all.iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory);
+            let t0 = Instant::now();
+            let r = st
+                .models
+                .acquire(&format!("ocr:{name}:1"), per, || mnema_extract::ocr::OcrPool::new(name, &mnema_extract::ocr::EngineOptions::with_models(&st.config.models_dir), 1))
+                .and_then(|pool| pool.recognize_all(std::slice::from_ref(&prepared)).pop().unwrap_or_else(|| Err(mnema_extract::ExtractError::BadInput("no result".into()))));
+            let elapsed_ms = (t0.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+            let o = match r {
+                Ok(lines) => {
+                    let text = mnema_extract::ocr::join_lines(&lines);
+                    let (cer, wer) = p.truth.as_deref().filter(|t| !t.trim().is_empty()).map(|t| mnema_extract::ocr::error_rates(&text, t)).unzip();
+                    crate::wire::OcrOut { path: String::new(), engine: name.into(), text, lines, elapsed_ms, peak_rss_mb: crate::wire::peak_rss_mb(), cer, wer, error: None }
+                }
+                Err(e) => crate::wire::OcrOut { path: String::new(), engine: name.into(), text: String::new(), lines: vec![], elapsed_ms, peak_rss_mb: crate::wire::peak_rss_mb(), cer: None, wer: None, error: Some(e.to_string()) },
+            };
+            let line = serde_json::to_string(&o).unwrap_or_default() + "\n";
+            if tx.blocking_send(Ok(line)).is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+#[derive(Deserialize)]
+struct TranscribeParams {
+    language: Option<String>,
+    name: Option<String>,
+}
+
+/// Transcribes one uploaded recording (same JSON as `mnema --json transcribe`).
+async fn transcribe(AxState(st): AxState<State>, Query(p): Query<TranscribeParams>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Json<serde_json::Value>> {
+    let bytes = body_or_413(&st, body)?;
+    blocking(move || {
+        let t0 = Instant::now();
+        // The decoder wants a file (containers seek); the extension only helps it guess.
+        let ext: String = p.name.as_deref().and_then(|n| n.rsplit_once('.')).map(|(_, e)| e.chars().filter(char::is_ascii_alphanumeric).take(5).collect()).unwrap_or_default();
+        let tmp = std::env::temp_dir().join(format!("mnema-upload-{}-{}.{}", std::process::id(), t0.elapsed().as_nanos() ^ bytes.len() as u128, if ext.is_empty() { "bin" } else { &ext }));
+        std::fs::write(&tmp, &bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let model = st.config.speech_model.clone();
+        let r = (|| {
+            let whisper = mnema_ingest::acquire_whisper(&st.config, &st.models, &model)?;
+            let vad = mnema_ingest::acquire_vad(&st.config, &st.models)?;
+            let opts = mnema_ingest::transcribe_options(p.language.as_deref().unwrap_or(&st.config.languages));
+            mnema_ingest::transcribe_file(&tmp, &whisper, Some(&vad), &opts, |_, _| {})
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        let elapsed_ms = (t0.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+        let name = p.name.unwrap_or_default();
+        match r {
+            Ok(t) => Ok(Json(serde_json::to_value(crate::wire::TranscribeOut { path: name, model, language: Some(t.language.clone()), text: t.text(), segments: t.segments, audio_ms: t.audio_ms, elapsed_ms, error: None }).unwrap_or_default())),
+            Err(mnema_extract::ExtractError::BadInput(e)) => Err(ApiError::BadRequest(e)),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

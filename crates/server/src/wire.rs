@@ -188,3 +188,67 @@ pub fn status(config: &mnema_core::Config, budget: u64, models: &mnema_models::m
         "store": { "home": config.home, "items": stats.items, "chunks": stats.chunks, "db_bytes": stats.db_bytes, "embedder": store.embedder()?.map(|e| e.0) },
     }))
 }
+
+/// Catalog file statuses grouped per model (`models list|verify`, `GET /api/models`).
+pub fn models(statuses: Vec<mnema_models::FileStatus>, hashed: bool) -> Vec<ModelOut> {
+    let mut models: Vec<ModelOut> = Vec::new();
+    for s in statuses {
+        let f = ModelFileOut {
+            file: s.entry.file.into(),
+            path: s.path.to_string_lossy().into_owned(),
+            present: s.present,
+            size: s.size,
+            verified: s.verified,
+            source: s.entry.packages.into(),
+        };
+        match models.iter_mut().find(|m| m.name == s.entry.model) {
+            Some(m) => m.files.push(f),
+            None => models.push(ModelOut { name: s.entry.model.into(), present: true, verified: None, files: vec![f] }),
+        }
+    }
+    for m in &mut models {
+        m.present = m.files.iter().all(|f| f.present);
+        m.verified = hashed.then(|| m.files.iter().all(|f| f.verified == Some(true)));
+    }
+    models
+}
+
+/// One engine's reading of one image (`mnema --json ocr`, `POST /api/ocr`).
+#[derive(Serialize)]
+pub struct OcrOut {
+    pub path: String,
+    pub engine: String,
+    pub text: String,
+    pub lines: Vec<mnema_extract::ocr::OcrLine>,
+    pub elapsed_ms: f64,
+    pub peak_rss_mb: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cer: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wer: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A recording's transcript (`mnema --json transcribe`, `POST /api/transcribe`).
+#[derive(Serialize)]
+pub struct TranscribeOut {
+    pub path: String,
+    pub model: String,
+    pub language: Option<String>,
+    pub text: String,
+    pub segments: Vec<mnema_extract::whisper::Segment>,
+    pub audio_ms: i64,
+    pub elapsed_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Peak resident memory of this process so far, MiB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> f64 {
+    let kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    (kb / 1024.0 * 10.0).round() / 10.0
+}

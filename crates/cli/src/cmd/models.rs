@@ -2,7 +2,6 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use mnema_server::wire::{ModelFileOut, ModelOut};
 use anyhow::{bail, Context, Result};
 use mnema_models::catalog::{check, model_names};
 use std::path::Path;
@@ -64,26 +63,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
 }
 
 fn report(ctx: &Ctx, dir: &Path, model: Option<&str>, hash: bool) -> Result<u8> {
-    let statuses = check(dir, model, hash)?;
-    let mut models: Vec<ModelOut> = Vec::new();
-    for s in statuses {
-        let f = ModelFileOut {
-            file: s.entry.file.into(),
-            path: s.path.to_string_lossy().into_owned(),
-            present: s.present,
-            size: s.size,
-            verified: s.verified,
-            source: s.entry.packages.into(),
-        };
-        match models.iter_mut().find(|m| m.name == s.entry.model) {
-            Some(m) => m.files.push(f),
-            None => models.push(ModelOut { name: s.entry.model.into(), present: true, verified: None, files: vec![f] }),
-        }
-    }
-    for m in &mut models {
-        m.present = m.files.iter().all(|f| f.present);
-        m.verified = hash.then(|| m.files.iter().all(|f| f.verified == Some(true)));
-    }
+    let models = mnema_server::wire::models(check(dir, model, hash)?, hash);
     let bad = models.iter().any(|m| !m.present || m.verified == Some(false));
     if ctx.json {
         out_json(&serde_json::json!({ "models_dir": dir, "models": models }))?;

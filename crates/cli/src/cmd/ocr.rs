@@ -4,9 +4,9 @@ use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::{bail, Result};
 use mnema_extract::image::{decode_image, prepare_for_ocr};
-use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrLine, OcrPool};
+use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrPool};
 use rayon::prelude::*;
-use serde::Serialize;
+use mnema_server::wire::OcrOut;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,21 +26,6 @@ pub struct Args {
     truth: Option<PathBuf>,
 }
 
-#[derive(Serialize)]
-struct OcrOut<'a> {
-    path: String,
-    engine: &'a str,
-    text: String,
-    lines: Vec<OcrLine>,
-    elapsed_ms: f64,
-    peak_rss_mb: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cer: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wer: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     let truth = match &a.truth {
@@ -75,7 +60,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
                 failed += 1;
                 eprintln!("mnema: {}: {e}", p.display());
                 if ctx.json {
-                    out_json(&OcrOut { path: p.display().to_string(), engine: names.first().copied().unwrap_or(""), text: String::new(), lines: vec![], elapsed_ms: 0.0, peak_rss_mb: 0.0, cer: None, wer: None, error: Some(e.to_string()) })?;
+                    out_json(&OcrOut { path: p.display().to_string(), engine: names.first().copied().unwrap_or("").to_string(), text: String::new(), lines: vec![], elapsed_ms: 0.0, peak_rss_mb: 0.0, cer: None, wer: None, error: Some(e.to_string()) })?;
                 }
             }
         }
@@ -99,7 +84,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             };
             let text = join_lines(&lines);
             let (cer, wer) = truth.as_deref().map(|t| error_rates(&text, t)).unzip();
-            let o = OcrOut { path: path.display().to_string(), engine: name, text, lines, elapsed_ms: (per_image * 10.0).round() / 10.0, peak_rss_mb: (super::profile::status_kb("VmHWM:") as f64 / 1048576.0 * 10.0).round() / 10.0, cer, wer, error };
+            let o = OcrOut { path: path.display().to_string(), engine: name.to_string(), text, lines, elapsed_ms: (per_image * 10.0).round() / 10.0, peak_rss_mb: mnema_server::wire::peak_rss_mb(), cer, wer, error };
             if ctx.json {
                 out_json(&o)?;
             } else {

@@ -4,8 +4,7 @@ use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mnema_extract::whisper::Segment;
-use serde::Serialize;
+use mnema_server::wire::TranscribeOut;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,18 +26,6 @@ pub struct Args {
     no_vad: bool,
 }
 
-#[derive(Serialize)]
-struct TranscribeOut<'a> {
-    path: String,
-    model: &'a str,
-    language: Option<String>,
-    text: String,
-    segments: Vec<Segment>,
-    audio_ms: i64,
-    elapsed_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
 
 fn clock(ms: i64) -> String {
     let s = ms as f64 / 1000.0;
@@ -72,7 +59,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         let elapsed_ms = (t0.elapsed().as_secs_f64() * 1e4).round() / 10.0;
         match r {
             Ok(t) => {
-                let o = TranscribeOut { path: path.display().to_string(), model: &model, language: Some(t.language.clone()), text: t.text(), segments: t.segments.clone(), audio_ms: t.audio_ms, elapsed_ms, error: None };
+                let o = TranscribeOut { path: path.display().to_string(), model: model.clone(), language: Some(t.language.clone()), text: t.text(), segments: t.segments.clone(), audio_ms: t.audio_ms, elapsed_ms, error: None };
                 if ctx.json {
                     out_json(&o)?;
                 } else {
@@ -90,7 +77,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
                 failed += 1;
                 eprintln!("mnema: {}: {e}", path.display());
                 if ctx.json {
-                    out_json(&TranscribeOut { path: path.display().to_string(), model: &model, language: None, text: String::new(), segments: vec![], audio_ms: 0, elapsed_ms, error: Some(e.to_string()) })?;
+                    out_json(&TranscribeOut { path: path.display().to_string(), model: model.clone(), language: None, text: String::new(), segments: vec![], audio_ms: 0, elapsed_ms, error: Some(e.to_string()) })?;
                 }
             }
         }
