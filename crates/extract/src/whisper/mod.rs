@@ -264,8 +264,8 @@ impl Whisper {
     }
 
     /// The most likely language of encoded audio among `candidates` (all when empty).
-    fn detect(&self, audio: &candle_core::Tensor, candidates: &[String]) -> Result<(String, f32)> {
-        let mut st = self.model.start(audio)?;
+    fn detect(&self, start: &model::DecoderState, candidates: &[String]) -> Result<(String, f32)> {
+        let mut st = start.clone();
         let logits = self.model.step(&mut st, &[self.sp.sot], 1)?.squeeze(0)?.to_vec1::<f32>()?;
         let langs: Vec<&(String, u32)> = self.languages.iter().filter(|(c, _)| candidates.is_empty() || candidates.contains(c)).collect();
         let lp = log_softmax(&langs.iter().map(|(_, t)| logits[*t as usize]).collect::<Vec<_>>());
@@ -331,10 +331,10 @@ impl Whisper {
     }
 
     /// Decodes one window at one temperature.
-    fn decode(&self, audio: &candle_core::Tensor, lang: u32, temperature: f32, rng: &mut Rng) -> Result<Attempt> {
+    fn decode(&self, start: &model::DecoderState, lang: u32, temperature: f32, rng: &mut Rng) -> Result<Attempt> {
         let prompt = [self.sp.sot, lang, self.sp.transcribe];
         let max_len = self.model.shape.text_ctx / 2;
-        let mut st = self.model.start(audio)?;
+        let mut st = start.clone();
         let logits = self.model.step(&mut st, &prompt, prompt.len())?;
         let first = logits.get(0)?.to_vec1::<f32>()?;
         let no_speech_prob = log_softmax(&first)[self.sp.no_speech as usize].exp() as f64;
@@ -461,13 +461,15 @@ impl Whisper {
             let offset_s = buf_start as f64 / SAMPLE_RATE as f64;
             let t_enc = std::time::Instant::now();
             let audio = self.encode_window(&buf[..n])?;
+            let start = self.model.start(&audio)?;
+            drop(audio);
             let enc_ms = t_enc.elapsed().as_secs_f64() * 1e3;
             let t_dec = std::time::Instant::now();
             let mut attempts = 0;
             let lang = match &language {
                 Some((_, t)) => *t,
                 None => {
-                    let (code, _p) = self.detect(&audio, &opts.candidates)?;
+                    let (code, _p) = self.detect(&start, &opts.candidates)?;
                     let t = self.lang_token(&code)?;
                     language = Some((code, t));
                     t
@@ -476,7 +478,7 @@ impl Whisper {
             let mut tried: Vec<Attempt> = Vec::new();
             let mut accepted = None;
             for &t in &opts.temperatures {
-                let a = self.decode(&audio, lang, t, &mut rng)?;
+                let a = self.decode(&start, lang, t, &mut rng)?;
                 attempts += 1;
                 let too_repetitive = a.compression_ratio > opts.compression_ratio_threshold;
                 let too_unlikely = a.avg_logprob < opts.logprob_threshold;

@@ -90,7 +90,10 @@ struct Block {
     fc2: Lin,
 }
 
-/// Decoder state for one audio window: cached keys and values.
+/// Decoder state for one audio window: cached keys and values. Cloning is cheap (tensors are
+/// shared), so one window's cross-attention keys serve language detection and every
+/// temperature tried.
+#[derive(Clone)]
 pub struct DecoderState {
     cross: Vec<(Tensor, Tensor)>,
     self_kv: Vec<Option<(Tensor, Tensor)>>,
