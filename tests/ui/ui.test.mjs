@@ -110,6 +110,10 @@ try {
     await page.goto(base + "/#/resources");
     await page.locator("#res table").first().waitFor();
     assert.match(await page.locator("#res").innerText(), /memory budget/);
+    // Figures over time: after a few samples, a memory chart and the searches' stage times.
+    await page.locator("#memchart").waitFor({ timeout: 15000 });
+    assert.ok(await page.locator("#memchart polyline").count() === 2);
+    assert.match(await page.locator("#stages").innerText(), /search/);
   });
 
   await check("ingest page indexes a path with progress", async page => {

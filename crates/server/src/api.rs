@@ -33,6 +33,7 @@ pub(crate) struct Inner {
     /// Recent query vectors: typing refines and repeats queries, and a query's embedding is
     /// most of a hybrid search's cost (~20 ms of CPU against ~5 ms for the rest).
     query_vectors: Mutex<QueryCache>,
+    pub(crate) history: crate::history::History,
 }
 
 #[derive(Default)]
@@ -67,7 +68,7 @@ impl QueryCache {
 pub(crate) type State = Arc<Inner>;
 
 pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Store, opts: ServeOptions) -> State {
-    Arc::new(Inner { config, models, store: Mutex::new(store), opts, jobs: Mutex::new(HashMap::new()), next_job: 1.into(), started: Instant::now(), query_vectors: Mutex::default() })
+    Arc::new(Inner { config, models, store: Mutex::new(store), opts, jobs: Mutex::new(HashMap::new()), next_job: 1.into(), started: Instant::now(), query_vectors: Mutex::default(), history: Default::default() })
 }
 
 /// Every API failure, mapped to a status here and nowhere else.
@@ -120,6 +121,19 @@ type ApiResult<T> = Result<T, ApiError>;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
+}
+
+/// Samples resource figures every 2 s for the resources page.
+pub(crate) fn start_history(state: &State) {
+    crate::history::install();
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            st.history.sample(st.started.elapsed().as_secs_f64(), st.models.used());
+        }
+    });
 }
 
 pub(crate) fn router(state: State) -> Router {
@@ -347,6 +361,7 @@ async fn status(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value
         let mut v = crate::wire::status(&st.config, st.opts.budget, &st.models, &store)?;
         let jobs: Vec<serde_json::Value> = st.jobs.lock().unwrap_or_else(|e| e.into_inner()).values().map(|j| j.snapshot()).collect();
         v["jobs"] = jobs.into();
+        v["history"] = st.history.to_json();
         Ok(Json(v))
     })
     .await

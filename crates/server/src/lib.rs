@@ -11,6 +11,7 @@
 #[allow(missing_docs)]
 pub mod wire;
 mod api;
+mod history;
 mod ui;
 
 use mnema_core::Config;
@@ -65,6 +66,7 @@ pub fn serve(config: Config, models: Arc<ModelManager>, opts: ServeOptions, read
         let listener = tokio::net::TcpListener::bind(opts.addr).await.map_err(|source| ServerError::Bind { addr: opts.addr, source })?;
         let addr = listener.local_addr()?;
         let state = api::new_state(config, models, store, opts.clone());
+        api::start_history(&state);
         let app = api::router(state).merge(ui::router());
         ready(addr);
         axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
