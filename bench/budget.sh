@@ -33,7 +33,7 @@ sox "${parts[@]}" "$corpus/long-memo.wav"; rm "${parts[@]}"
 echo "corpus: $(ls "$corpus" | wc -l) files, long memo $(soxi -D "$corpus/long-memo.wav" | cut -d. -f1) s" >&2
 swap_used() { awk '/SwapTotal/{t=$2} /SwapFree/{f=$2} END{print (t-f)/1024}' /proc/meminfo; }
 printf '%-9s %12s %9s %11s %7s %14s %s\n' budget "peak RSS MiB" "wall s" "swap Δ MiB" loads "idle RSS MiB" files
-for b in 512MiB 1GiB 2GiB; do
+for b in ${MNEMA_BENCH_BUDGETS:-512MiB 1GiB 2GiB}; do
   home=$(mktemp -d)
   s0=$(swap_used)
   /usr/bin/time -f '%M %e' -o "$home/time" "$mnema" --home "$home" --memory-budget "$b" --json profile -- ingest "$corpus" > "$home/out"

@@ -197,7 +197,9 @@ impl ModelManager {
         let loaded = {
             let _serial = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
             let (before, t0) = (process_rss(), Instant::now());
+            crate::set_mmap_threshold(4 << 20);
             let r = load();
+            crate::set_mmap_threshold(32 << 20);
             crate::release_free_memory();
             r.map(|v| (v, process_rss().saturating_sub(before), t0.elapsed()))
         };
