@@ -9,6 +9,9 @@ drawn. mnema is also run with its preprocessing steps switched off one by one.
 """
 import json, os, random, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from textmetrics import lev
+
 mnema, models = sys.argv[1:3]
 n_images = int(os.environ.get("MNEMA_BENCH_IMAGES", "48"))
 work = os.environ.get("MNEMA_BENCH_DIR") or tempfile.mkdtemp(prefix="mnema-ocr-")
@@ -58,15 +61,6 @@ for i in range(n_images // 4):
             cmd += ["-annotate", f"+12+{30 + k * 40}", l]
         subprocess.run(cmd + [path], check=True)
     images.append((path, "\n".join(lines), "small"))
-
-def lev(a, b):
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a):
-        cur = [i + 1] + [0] * len(b)
-        for j, y in enumerate(b):
-            cur[j + 1] = min(prev[j] + (x != y), prev[j + 1] + 1, cur[j] + 1)
-        prev = cur
-    return prev[len(b)]
 
 def rates(got, truth):
     g, t = " ".join(got.split()), " ".join(truth.split())

@@ -9,6 +9,9 @@ the spoken text, peak RSS of the process (GNU time).
 """
 import json, os, re, subprocess, sys, tempfile, wave
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from textmetrics import lev
+
 mnema, models, peer_python = sys.argv[1:4]
 here = os.path.dirname(os.path.abspath(__file__))
 work = os.environ.get("MNEMA_BENCH_DIR") or tempfile.mkdtemp(prefix="mnema-speech-")
@@ -100,13 +103,7 @@ def norm(s):
 
 def wer(hyp, ref):
     h, r = norm(hyp), norm(ref)
-    prev = list(range(len(r) + 1))
-    for i, x in enumerate(h):
-        cur = [i + 1] + [0] * len(r)
-        for j, y in enumerate(r):
-            cur[j + 1] = min(prev[j] + (x != y), prev[j + 1] + 1, cur[j] + 1)
-        prev = cur
-    return prev[len(r)] / max(1, len(r))
+    return lev(h, r) / max(1, len(r))
 
 def timed(cmd):
     tf = os.path.join(work, "time.txt")

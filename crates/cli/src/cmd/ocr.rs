@@ -48,10 +48,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     }
     // Decode everything once, on all cores; bad images are reported and skipped.
     let mut failed = 0;
-    let prepared: Vec<_> = {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(a.images.len().max(1));
+    let est = |name: &str| engines_in(&ctx.config.models_dir).iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
+    let load = |name: &'static str| ctx.models.acquire(&format!("ocr:{name}"), est(name), || OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers));
+    // The first engine starts while the images decode (its load is a few tenths of a second
+    // that would otherwise come before any recognition); a failure shows again below.
+    let prepared: Vec<_> = std::thread::scope(|s| {
+        if let Some(&first) = names.first() {
+            s.spawn(move || drop(load(first)));
+        }
         let _s = mnema_core::profile::stage("decode");
         a.images.par_iter().map(|p| decode_image(p, 256 << 20).map(|img| prepare_for_ocr(&img))).collect()
-    };
+    });
     let mut decoded = Vec::new();
     for (p, r) in a.images.iter().zip(prepared) {
         match r {
@@ -65,10 +73,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             }
         }
     }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(decoded.len().max(1));
     for name in names {
-        let est = engines_in(&ctx.config.models_dir).iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
-        let pool = ctx.models.acquire(&format!("ocr:{name}"), est, || OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers))?;
+        let pool = load(name)?;
         let images: Vec<_> = decoded.iter().map(|(_, g)| g.clone()).collect();
         let t0 = Instant::now();
         let results = pool.recognize_all(&images);

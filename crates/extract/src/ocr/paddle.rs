@@ -76,12 +76,7 @@ impl Paddle {
         let ratio = if w.max(h) > 1280 { 1280.0 / w.max(h) as f64 } else { 1.0 };
         let rw = (((w as f64 * ratio) / 32.0).round() as usize).max(1) * 32;
         let rh = (((h as f64 * ratio) / 32.0).round() as usize).max(1) * 32;
-        let r = image::imageops::resize(img, rw as u32, rh as u32, image::imageops::FilterType::Triangle);
-        let plane: Vec<f32> = r.as_raw().iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
-        let mut input = Vec::with_capacity(3 * plane.len());
-        for _ in 0..3 {
-            input.extend_from_slice(&plane);
-        }
+        let input = planes(img, rw, rh);
         let fail = |e: ort::Error| ExtractError::BadInput(format!("paddle-ocr detector: {e}"));
         let x = ort::value::Tensor::from_array(([1usize, 3, rh, rw], input)).map_err(fail)?;
         let out = self.det.run(ort::inputs![x]).map_err(fail)?;
@@ -93,12 +88,7 @@ impl Paddle {
     fn read(&mut self, line: &GrayImage) -> Result<(String, f32)> {
         let h = 48usize;
         let w = ((line.width() as f64 * h as f64 / line.height().max(1) as f64).ceil() as usize).clamp(16, 2400);
-        let r = image::imageops::resize(line, w as u32, h as u32, image::imageops::FilterType::Triangle);
-        let plane: Vec<f32> = r.as_raw().iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
-        let mut input = Vec::with_capacity(3 * plane.len());
-        for _ in 0..3 {
-            input.extend_from_slice(&plane);
-        }
+        let input = planes(line, w, h);
         let fail = |e: ort::Error| ExtractError::BadInput(format!("paddle-ocr recogniser: {e}"));
         let x = ort::value::Tensor::from_array(([1usize, 3, h, w], input)).map_err(fail)?;
         let out = self.rec.run(ort::inputs![x]).map_err(fail)?;
@@ -106,6 +96,18 @@ impl Paddle {
         let classes = *shape.last().unwrap_or(&1) as usize;
         Ok(ctc_decode(probs, classes.max(1), &self.chars))
     }
+}
+
+/// The grey image resized to `w`×`h`, scaled to [-1, 1] and repeated as three colour planes
+/// (CHW), as both networks take it.
+fn planes(img: &GrayImage, w: usize, h: usize) -> Vec<f32> {
+    let r = image::imageops::resize(img, w as u32, h as u32, image::imageops::FilterType::Triangle);
+    let plane: Vec<f32> = r.as_raw().iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
+    let mut input = Vec::with_capacity(3 * plane.len());
+    for _ in 0..3 {
+        input.extend_from_slice(&plane);
+    }
+    input
 }
 
 /// Greedy CTC: best class per step, repeats collapsed, blanks (class 0) dropped.

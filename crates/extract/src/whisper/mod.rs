@@ -414,49 +414,44 @@ impl Whisper {
             if n <= SAMPLE_RATE as usize / 10 {
                 break;
             }
-            if let Some(v) = vad.as_deref_mut() {
-                let _s = mnema_core::profile::stage("vad");
-                let frame = v.frame();
-                let end_frame = (buf_start + n) / frame;
-                if end_frame > probs.len() {
-                    let from = probs.len() * frame;
-                    let mut chunk = vec![0f32; buf_start.saturating_sub(from)];
-                    chunk.extend_from_slice(&buf[from.saturating_sub(buf_start)..end_frame * frame - buf_start]);
-                    probs.extend(v.probabilities(&chunk)?);
-                }
-                let first_frame = (buf_start / frame).min(end_frame);
-                let speech = probs[first_frame..end_frame].iter().position(|&p| p >= v.threshold()).map(|i| (first_frame + i) * frame);
-                let pad = SAMPLE_RATE as usize / 5; // keep 200 ms before speech
-                match speech {
-                    None => {
-                        // No speech in this window: skipped without running the model.
-                        silent += 1;
-                        skipped += n;
-                        seek = buf_start + n;
-                        progress((seek / 16) as i64, total_ms);
-                        if eof && seek >= buf_start + buf.len() {
-                            break;
-                        }
-                        continue;
+            // Where speech starts in this window, if anywhere: by the VAD, or without one at
+            // least digital silence (below -60 dBFS) is kept from the model, which tends to
+            // invent a "you" for it.
+            let speech = match vad.as_deref_mut() {
+                Some(v) => {
+                    let _s = mnema_core::profile::stage("vad");
+                    let frame = v.frame();
+                    let end_frame = (buf_start + n) / frame;
+                    if end_frame > probs.len() {
+                        let from = probs.len() * frame;
+                        let mut chunk = vec![0f32; buf_start.saturating_sub(from)];
+                        chunk.extend_from_slice(&buf[from.saturating_sub(buf_start)..end_frame * frame - buf_start]);
+                        probs.extend(v.probabilities(&chunk)?);
                     }
-                    Some(s) if s > buf_start + pad => {
-                        skipped += s - pad - buf_start;
-                        seek = s - pad;
-                        continue;
+                    let first_frame = (buf_start / frame).min(end_frame);
+                    probs[first_frame..end_frame].iter().position(|&p| p >= v.threshold()).map(|i| (first_frame + i) * frame)
+                }
+                None => buf[..n].iter().position(|x| x.abs() >= 1e-3).map(|i| buf_start + i),
+            };
+            let pad = SAMPLE_RATE as usize / 5; // keep 200 ms before speech
+            match speech {
+                None => {
+                    // No speech in this window: skipped without running the model.
+                    silent += 1;
+                    skipped += n;
+                    seek = buf_start + n;
+                    progress((seek / 16) as i64, total_ms);
+                    if eof && seek >= buf_start + buf.len() {
+                        break;
                     }
-                    _ => {}
+                    continue;
                 }
-            } else if buf[..n].iter().all(|x| x.abs() < 1e-3) {
-                // Without a VAD, at least digital silence (below -60 dBFS) never reaches the
-                // model, which tends to invent a "you" for it.
-                silent += 1;
-                skipped += n;
-                seek = buf_start + n;
-                progress((seek / 16) as i64, total_ms);
-                if eof && seek >= buf_start + buf.len() {
-                    break;
+                Some(s) if vad.is_some() && s > buf_start + pad => {
+                    skipped += s - pad - buf_start;
+                    seek = s - pad;
+                    continue;
                 }
-                continue;
+                _ => {}
             }
             let offset_s = buf_start as f64 / SAMPLE_RATE as f64;
             let t_enc = std::time::Instant::now();
