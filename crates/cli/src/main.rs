@@ -89,6 +89,7 @@ fn main() -> ExitCode {
             tracing::debug!("re-exec with OMP_THREAD_LIMIT=1 failed: {err}");
         }
     }
+    mnema_models::use_one_malloc_arena();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",

@@ -114,6 +114,25 @@ pub fn set_mmap_threshold(bytes: usize) {
     let _ = bytes;
 }
 
+/// Makes all threads allocate from one glibc arena. With one arena per thread (glibc's
+/// default, up to 8 per core) the pages of a model freed on a worker thread stay pinned by
+/// a few live allocations in that thread's arena: after an ingest that loaded the embedder
+/// three times the idle process kept 73-145 MiB; with one arena it is 71 MiB every time, at
+/// no measurable cost to OCR or speech speed here.
+pub fn use_one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_ARENA_MAX: i32 = -8;
+        // SAFETY: mallopt only changes allocator tuning; called before other threads start.
+        unsafe {
+            mallopt(M_ARENA_MAX, 1);
+        }
+    }
+}
+
 /// Hands freed heap memory back to the operating system, so RSS drops after a model is
 /// unloaded or a load's temporary buffers are gone (glibc keeps freed memory otherwise).
 pub fn release_free_memory() {
