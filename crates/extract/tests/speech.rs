@@ -155,3 +155,17 @@ fn bad_audio_is_refused_with_a_reason() {
     let whole = decode_file(&mp3).unwrap();
     assert!(half.len() > whole.len() / 3 && half.len() < whole.len() * 2 / 3, "{} of {}", half.len(), whole.len());
 }
+
+#[test]
+fn beam_search_reads_as_well_as_greedy() {
+    let text = format!("{TRAIN} {NOTES}");
+    let p = speech("beam", "en", &text, 1.0, 1.0);
+    let norm = |s: &str| s.to_lowercase().replace(['.', ','], "");
+    let greedy = transcribe(&p, true, &ru_en());
+    let beam = transcribe(&p, true, &TranscribeOptions { beam: 5, ..ru_en() });
+    let (_, wg) = error_rates(&norm(&greedy.text()), &norm(&text));
+    let (_, wb) = error_rates(&norm(&beam.text()), &norm(&text));
+    assert!(wb <= 0.25 && wb <= wg + 0.1, "beam WER {wb:.2} ({}), greedy {wg:.2}", beam.text());
+    assert!(!beam.segments.is_empty() && beam.segments.windows(2).all(|w| w[0].start_ms <= w[1].start_ms));
+    assert!((500..=1800).contains(&beam.segments[0].start_ms), "{:?}", beam.segments);
+}

@@ -331,6 +331,66 @@ impl Whisper {
     }
 
     /// Decodes one window at one temperature.
+    /// Beam search at temperature 0: `width` hypotheses, each with its own key/value cache
+    /// (cloning shares the window's cross-attention keys); finished hypotheses are ranked by
+    /// mean log-probability, as Whisper's length penalty of 1 does.
+    fn decode_beam(&self, start: &model::DecoderState, lang: u32, width: usize) -> Result<Attempt> {
+        let prompt = [self.sp.sot, lang, self.sp.transcribe];
+        let max_len = self.model.shape.text_ctx / 2;
+        let mut st = start.clone();
+        let logits = self.model.step(&mut st, &prompt, prompt.len())?;
+        let no_speech_prob = log_softmax(&logits.get(0)?.to_vec1::<f32>()?)[self.sp.no_speech as usize].exp() as f64;
+        let first = logits.get(prompt.len() - 1)?.to_vec1::<f32>()?;
+        let max_initial_ts = (1.0 / TS_STEP) as u32;
+        // (tokens, sum of log-probabilities, state, logits for the next token)
+        let mut beams: Vec<(Vec<u32>, f64, model::DecoderState, Vec<f32>)> = vec![(Vec::new(), 0.0, st, first)];
+        let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
+        while !beams.is_empty() && finished.len() < width {
+            let mut cands: Vec<(f64, usize, u32)> = Vec::new();
+            for (b, (tokens, sum, _, logits)) in beams.iter_mut().enumerate() {
+                self.filter(logits, tokens, max_initial_ts);
+                let lp = log_softmax(logits);
+                let mut idx: Vec<usize> = (0..lp.len()).filter(|&i| lp[i].is_finite()).collect();
+                let k = (width + 1).min(idx.len());
+                if k == 0 {
+                    continue;
+                }
+                idx.select_nth_unstable_by(k - 1, |&x, &y| lp[y].total_cmp(&lp[x]));
+                cands.extend(idx[..k].iter().map(|&i| (*sum + lp[i] as f64, b, i as u32)));
+            }
+            cands.sort_by(|x, y| y.0.total_cmp(&x.0));
+            let mut next = Vec::new();
+            for (score, b, tok) in cands {
+                if next.len() >= width {
+                    break;
+                }
+                let tokens = &beams[b].0;
+                if tok == self.sp.eot || tokens.len() >= max_len {
+                    if finished.len() < width {
+                        finished.push((tokens.clone(), score));
+                    }
+                    continue;
+                }
+                let mut st = beams[b].2.clone();
+                if st.len + 1 >= self.model.shape.text_ctx {
+                    finished.push((tokens.clone(), score));
+                    continue;
+                }
+                let logits = self.model.step(&mut st, &[tok], 1)?.squeeze(0)?.to_vec1::<f32>()?;
+                let mut t = tokens.clone();
+                t.push(tok);
+                next.push((t, score, st, logits));
+            }
+            beams = next;
+        }
+        if finished.is_empty() {
+            finished.extend(beams.into_iter().map(|(t, s, _, _)| (t, s)));
+        }
+        let (tokens, sum) = finished.into_iter().max_by(|a, b| (a.1 / (a.0.len() + 1) as f64).total_cmp(&(b.1 / (b.0.len() + 1) as f64))).unwrap_or_default();
+        let text = self.text_of(&tokens);
+        Ok(Attempt { avg_logprob: sum / (tokens.len() + 1) as f64, no_speech_prob, compression_ratio: compression_ratio(&text), text, tokens })
+    }
+
     fn decode(&self, start: &model::DecoderState, lang: u32, temperature: f32, rng: &mut Rng) -> Result<Attempt> {
         let prompt = [self.sp.sot, lang, self.sp.transcribe];
         let max_len = self.model.shape.text_ctx / 2;
@@ -473,7 +533,7 @@ impl Whisper {
             let mut tried: Vec<Attempt> = Vec::new();
             let mut accepted = None;
             for &t in &opts.temperatures {
-                let a = self.decode(&start, lang, t, &mut rng)?;
+                let a = if t <= 0.0 && opts.beam > 1 { self.decode_beam(&start, lang, opts.beam)? } else { self.decode(&start, lang, t, &mut rng)? };
                 attempts += 1;
                 let too_repetitive = a.compression_ratio > opts.compression_ratio_threshold;
                 let too_unlikely = a.avg_logprob < opts.logprob_threshold;
