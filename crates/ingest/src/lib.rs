@@ -274,49 +274,39 @@ impl<'a> Ingester<'a> {
         Ok(out)
     }
 
+    /// Stores an item that has no text (a photo, a silent recording): kept so it is not
+    /// extracted again, with nothing to search.
+    fn store_textless(&mut self, item: &NewItem) -> Result<Outcome, IngestError> {
+        let _s = stage("store");
+        let id = self.store.put_item(item, &[], &[], "")?;
+        Ok(Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(item.kind), status: Status::Indexed, error: None, chunks: 0 })
+    }
+
     /// Transcribes a batch of recordings, queueing their transcript chunks for embedding.
     fn audio(&mut self, batch: &[&PathBuf], pending: &mut Vec<Pending>, out: &mut Vec<Outcome>, progress: &mut impl FnMut(&Outcome)) -> Result<(), IngestError> {
         let mut todo: Vec<(NewItem, &PathBuf)> = Vec::new();
+        let mut done = |o: Outcome, out: &mut Vec<Outcome>| {
+            progress(&o);
+            out.push(o);
+        };
         for path in batch {
             let fail = |e: String| Outcome::failed(path.to_path_buf(), Some(Kind::Audio), e);
-            let meta = match std::fs::metadata(path) {
-                Ok(m) if m.is_file() => m,
-                Ok(_) => {
-                    let o = fail("not a regular file".into());
-                    progress(&o);
-                    out.push(o);
-                    continue;
-                }
-                Err(e) => {
-                    let o = fail(io_reason(&e));
-                    progress(&o);
-                    out.push(o);
-                    continue;
-                }
-            };
-            if meta.len() > self.config.max_audio_size.0 {
-                let o = fail(format!("file too large: {} (limit {}; set MNEMA_MAX_AUDIO_SIZE)", mnema_core::ByteSize(meta.len()), self.config.max_audio_size));
-                progress(&o);
-                out.push(o);
-                continue;
-            }
-            let sha = {
+            let limit = self.config.max_audio_size.0;
+            let checked = checked_meta(path, limit, "; set MNEMA_MAX_AUDIO_SIZE").and_then(|meta| {
+                // Hashed as a stream: a recording is never read into memory whole.
                 let _s = stage("decode");
-                match mnema_models::catalog::sha256_file(path) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let o = fail(e.to_string());
-                        progress(&o);
-                        out.push(o);
-                        continue;
-                    }
+                mnema_models::catalog::sha256_file(path).map(|sha| (meta, sha)).map_err(|e| e.to_string())
+            });
+            let (meta, sha) = match checked {
+                Ok(x) => x,
+                Err(e) => {
+                    done(fail(e), out);
+                    continue;
                 }
             };
             let path_str = path.to_string_lossy().into_owned();
             if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
-                let o = Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 };
-                progress(&o);
-                out.push(o);
+                done(Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 }, out);
                 continue;
             }
             let item = NewItem { path: path_str.clone(), kind: Kind::Audio, sha256: sha.clone(), size: meta.len(), mtime: mtime(&meta), meta: serde_json::json!({}) };
@@ -326,8 +316,7 @@ impl<'a> Ingester<'a> {
                     item.meta = src.meta.clone();
                 }
                 if let Some(o) = self.reuse(&item, twin.id)? {
-                    progress(&o);
-                    out.push(o);
+                    done(o, out);
                     continue;
                 }
             }
@@ -343,7 +332,7 @@ impl<'a> Ingester<'a> {
         let whisper = acquire_whisper(self.config, self.models, &name)?;
         let vad = acquire_vad(self.config, self.models)?;
         let opts = transcribe_options(&self.config.languages);
-        let mut done = Vec::new();
+        let mut transcribed = Vec::new();
         for (mut item, path) in todo {
             let t0 = std::time::Instant::now();
             match transcribe_file(path, &whisper, Some(&vad), &opts, |_, _| {}) {
@@ -357,26 +346,18 @@ impl<'a> Ingester<'a> {
                         "segments": t.segments,
                         "title": t.text().chars().take(80).collect::<String>(),
                     });
-                    done.push((item, t));
+                    transcribed.push((item, t));
                 }
-                Err(e) => {
-                    let o = Outcome::failed(path.to_path_buf(), Some(Kind::Audio), e.to_string());
-                    progress(&o);
-                    out.push(o);
-                }
+                Err(e) => done(Outcome::failed(path.to_path_buf(), Some(Kind::Audio), e.to_string()), out),
             }
         }
         drop(whisper);
         drop(vad);
-        for (item, t) in done {
+        for (item, t) in transcribed {
             let chunks = audio_chunks(&t, 600);
             if chunks.is_empty() {
                 // Silence or no words: kept (so it is not transcribed again), nothing to search.
-                let _s = stage("store");
-                let id = self.store.put_item(&item, &[], &[], "")?;
-                let o = Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(Kind::Audio), status: Status::Indexed, error: None, chunks: 0 };
-                progress(&o);
-                out.push(o);
+                done(self.store_textless(&item)?, out);
                 continue;
             }
             pending.push(Pending { item, chunks });
@@ -421,7 +402,7 @@ impl<'a> Ingester<'a> {
         };
         // Reading and hashing, then decoding, run on all cores; the store is consulted in
         // between so unchanged files are never decoded.
-        let read: Vec<Result<(Vec<u8>, std::fs::Metadata, String), String>> = batch
+        let read: Vec<Result<ReadFile, String>> = batch
             .par_iter()
             .map(|path| read_file(path, MAX_IMAGE_FILE).map(|(bytes, meta)| {
                 let sha = mnema_models::catalog::hex(&Sha256::digest(&bytes));
@@ -536,9 +517,7 @@ impl<'a> Ingester<'a> {
             let text = join_lines(&lines);
             if text.trim().is_empty() {
                 // No text (a photo): kept, so it is not OCRed again, but nothing to search.
-                let _s = stage("store");
-                let id = self.store.put_item(&item, &[], &[], "")?;
-                done(Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(Kind::Image), status: Status::Indexed, error: None, chunks: 0 }, out);
+                done(self.store_textless(&item)?, out);
                 continue;
             }
             let embedder = self.embedder()?;
@@ -637,18 +616,28 @@ impl<'a> Ingester<'a> {
     }
 }
 
+/// A file's bytes, metadata and sha256 (hex).
+type ReadFile = (Vec<u8>, std::fs::Metadata, String);
+
 /// Image files larger than this are refused before decoding.
 pub const MAX_IMAGE_FILE: u64 = 64 << 20;
 
-fn read_file(path: &Path, max: u64) -> Result<(Vec<u8>, std::fs::Metadata), String> {
+/// The file's metadata if it is a regular file within `max` bytes; `hint` says how to raise
+/// the limit, when it can be.
+fn checked_meta(path: &Path, max: u64, hint: &str) -> Result<std::fs::Metadata, String> {
     let meta = match std::fs::metadata(path) {
         Ok(m) if m.is_file() => m,
         Ok(_) => return Err("not a regular file".into()),
         Err(e) => return Err(io_reason(&e)),
     };
     if meta.len() > max {
-        return Err(format!("file too large: {} (limit {})", mnema_core::ByteSize(meta.len()), mnema_core::ByteSize(max)));
+        return Err(format!("file too large: {} (limit {}{hint})", mnema_core::ByteSize(meta.len()), mnema_core::ByteSize(max)));
     }
+    Ok(meta)
+}
+
+fn read_file(path: &Path, max: u64) -> Result<(Vec<u8>, std::fs::Metadata), String> {
+    let meta = checked_meta(path, max, "")?;
     let _s = stage("decode");
     std::fs::read(path).map(|b| (b, meta)).map_err(|e| io_reason(&e))
 }

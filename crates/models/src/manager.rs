@@ -74,6 +74,15 @@ pub fn process_rss() -> u64 {
         * 4096
 }
 
+/// A `kB` field of /proc/self/status (`VmHWM:`, `VmSwap:`), in bytes; 0 when unknown.
+pub fn status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+        * 1024
+}
+
 /// Memory the machine can still give without swapping, bytes (`MemAvailable`).
 pub fn available_memory() -> u64 {
     let mut sys = match sysinfo::System::new() {

@@ -309,21 +309,25 @@ async fn file(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>, Query(p
     blocking(move || {
         let item = st.store.lock().unwrap_or_else(|e| e.into_inner()).item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
         let path = std::path::PathBuf::from(&item.path);
-        let bytes = std::fs::read(&path).map_err(|_| ApiError::NotFound(format!("file of item {id} is gone: {}", item.path)))?;
+        let gone = || ApiError::NotFound(format!("file of item {id} is gone: {}", item.path));
+        let total = std::fs::metadata(&path).map_err(|_| gone())?.len();
         if thumb {
             if item.kind != Kind::Image {
                 return Err(ApiError::BadRequest(format!("item {id} is not an image")));
             }
-            let img = mnema_extract::image::decode_bytes(&bytes, "").map_err(|e| ApiError::Internal(e.to_string()))?;
+            let img = mnema_extract::image::decode_image(&path, 256 << 20).map_err(|e| ApiError::Internal(e.to_string()))?;
             let t = img.thumbnail(320, 320);
             let mut out = std::io::Cursor::new(Vec::new());
             t.write_to(&mut out, image::ImageFormat::Png).map_err(|e| ApiError::Internal(e.to_string()))?;
             return Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "max-age=3600")], out.into_inner()).into_response());
         }
         let ct = content_type(&path);
-        let total = bytes.len() as u64;
         if let Some((a, b)) = range.as_deref().and_then(|r| parse_range(r, total)) {
-            let body = bytes[a as usize..=b as usize].to_vec();
+            // Only the asked-for bytes are read: a player seeking in a long recording asks
+            // for many small ranges.
+            use std::os::unix::fs::FileExt;
+            let mut body = vec![0u8; (b - a + 1) as usize];
+            std::fs::File::open(&path).and_then(|f| f.read_exact_at(&mut body, a)).map_err(|_| gone())?;
             let mut resp = Response::new(Body::from(body));
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = resp.headers_mut();
@@ -334,6 +338,7 @@ async fn file(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>, Query(p
             }
             return Ok(resp);
         }
+        let bytes = std::fs::read(&path).map_err(|_| gone())?;
         Ok(([(header::CONTENT_TYPE, ct), (header::ACCEPT_RANGES, "bytes")], bytes).into_response())
     })
     .await
@@ -450,15 +455,12 @@ struct UploadParams {
 }
 
 async fn upload(AxState(st): AxState<State>, Query(p): Query<UploadParams>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Response> {
-    let body = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge(st.opts.max_upload) } else { ApiError::BadRequest(e.body_text()) })?;
+    let body = body_or_413(&st, body)?;
     let name = p.name.unwrap_or_default();
     // Only a plain file name: no directories, no traversal.
     let clean: String = name.chars().filter(|c| !matches!(c, '/' | '\\' | '\0')).collect();
     if clean.is_empty() || clean.starts_with('.') || clean != name {
         return Err(ApiError::BadRequest(format!("bad file name '{name}' (a plain name like memo.m4a)")));
-    }
-    if body.is_empty() {
-        return Err(ApiError::BadRequest("empty upload".into()));
     }
     let dir = st.config.home.join("uploads");
     let path = dir.join(&clean);

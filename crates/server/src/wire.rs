@@ -244,11 +244,7 @@ pub struct TranscribeOut {
     pub error: Option<String>,
 }
 
-/// Peak resident memory of this process so far, MiB (Linux `VmHWM`).
+/// Peak resident memory of this process so far, MiB to one decimal (Linux `VmHWM`).
 pub fn peak_rss_mb() -> f64 {
-    let kb = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .unwrap_or(0.0);
-    (kb / 1024.0 * 10.0).round() / 10.0
+    (mnema_models::manager::status_kb("VmHWM:") as f64 / 1048576.0 * 10.0).round() / 10.0
 }

@@ -32,24 +32,26 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
         None => None,
     };
+    // The registry looks for model files and ONNX Runtime: asked once.
+    let registry = engines_in(&ctx.config.models_dir);
     let names: Vec<&'static str> = if a.compare {
-        engines_in(&ctx.config.models_dir).iter().filter(|e| e.available).map(|e| e.name).collect()
+        registry.iter().filter(|e| e.available).map(|e| e.name).collect()
     } else {
-        match engines_in(&ctx.config.models_dir).into_iter().find(|e| e.name == a.engine) {
+        match registry.iter().find(|e| e.name == a.engine) {
             Some(e) if e.available => vec![e.name],
-            Some(e) => bail!("OCR engine {} is unavailable: {}", e.name, e.reason.unwrap_or_default()),
-            None => bail!("unknown OCR engine '{}' (engines: {})", a.engine, engines_in(&ctx.config.models_dir).iter().map(|e| e.name).collect::<Vec<_>>().join(", ")),
+            Some(e) => bail!("OCR engine {} is unavailable: {}", e.name, e.reason.clone().unwrap_or_default()),
+            None => bail!("unknown OCR engine '{}' (engines: {})", a.engine, registry.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")),
         }
     };
     if a.compare && !ctx.json {
-        for e in engines_in(&ctx.config.models_dir).iter().filter(|e| !e.available) {
+        for e in registry.iter().filter(|e| !e.available) {
             out(format!("(engine {} unavailable: {})", e.name, e.reason.clone().unwrap_or_default()))?;
         }
     }
     // Decode everything once, on all cores; bad images are reported and skipped.
     let mut failed = 0;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(a.images.len().max(1));
-    let est = |name: &str| engines_in(&ctx.config.models_dir).iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
+    let est = |name: &str| registry.iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
     let load = |name: &'static str| ctx.models.acquire(&format!("ocr:{name}"), est(name), || OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers));
     // The first engine starts while the images decode (its load is a few tenths of a second
     // that would otherwise come before any recognition); a failure shows again below.

@@ -10,7 +10,7 @@ use crate::Cli;
 use anyhow::Result;
 use clap::Parser;
 use mnema_core::profile::Observer;
-use mnema_models::manager::{process_rss, Event};
+use mnema_models::manager::{process_rss, status_kb, Event};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,15 +43,6 @@ pub fn cpu_time() -> Duration {
     } else {
         Duration::ZERO
     }
-}
-
-/// A `kB` field of /proc/self/status (`VmHWM:`, `VmSwap:`), in bytes; 0 when unknown.
-pub fn status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-        * 1024
 }
 
 /// Microseconds some task stalled on memory since boot (`/proc/pressure/memory`), if known.

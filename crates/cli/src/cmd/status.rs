@@ -8,14 +8,14 @@ use mnema_models::manager::{available_memory, process_rss};
 
 pub fn run(ctx: &Ctx) -> Result<u8> {
     let store = ctx.store()?;
-    let stats = store.stats()?;
-    let loaded = ctx.models.loaded();
-    let mut sys = sysinfo::System::new().map_err(|e| anyhow::anyhow!("cannot read memory figures: {e}"))?;
-    sys.refresh_memory();
     if ctx.json {
         out_json(&mnema_server::wire::status(&ctx.config, ctx.budget.0, &ctx.models, &store)?)?;
         return Ok(exit::OK);
     }
+    let stats = store.stats()?;
+    let loaded = ctx.models.loaded();
+    let mut sys = sysinfo::System::new().map_err(|e| anyhow::anyhow!("cannot read memory figures: {e}"))?;
+    sys.refresh_memory();
     out(format!("memory budget   {} (models {}, in use {})", ctx.budget, ByteSize(ctx.models.budget()), ByteSize(ctx.models.used())))?;
     if loaded.is_empty() {
         out("models          none loaded in this process (models load on demand and unload when idle)")?;

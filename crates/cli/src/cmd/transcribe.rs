@@ -24,7 +24,7 @@ pub struct Args {
     /// Do not skip silence with voice-activity detection (slower on recordings with pauses).
     #[arg(long)]
     no_vad: bool,
-    /// Beam width (1: greedy, the default; 5 is Whisper's usual beam, about 3× slower).
+    /// Beam width (1: greedy, the default; 5 is Whisper's usual beam, about 1.6× slower here).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
     beam: u16,
 }

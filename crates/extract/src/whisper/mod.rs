@@ -273,8 +273,9 @@ impl Whisper {
         Ok((langs.get(i).map_or("en".into(), |l| l.0.clone()), p))
     }
 
-    /// Suppresses what Whisper's rules forbid at this point of the sequence.
-    fn filter(&self, logits: &mut [f32], sampled: &[u32], max_initial_ts: u32) {
+    /// Suppresses what Whisper's rules forbid at this point of the sequence; returns the
+    /// log-probabilities of what is left.
+    fn filter(&self, logits: &mut [f32], sampled: &[u32], max_initial_ts: u32) -> Vec<f32> {
         let sp = self.sp;
         let ninf = f32::NEG_INFINITY;
         for &t in &self.suppress {
@@ -325,9 +326,14 @@ impl Whisper {
             }
         };
         let text_max = lp[..ts].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut lp = lp;
         if ts_mass > text_max {
             logits[..ts].fill(ninf);
+            // Renormalised over what is left: the timestamps' share becomes the whole.
+            lp[..ts].fill(ninf);
+            lp[ts..].iter_mut().for_each(|x| *x -= ts_mass);
         }
+        lp
     }
 
     /// Decodes one window at one temperature.
@@ -335,12 +341,8 @@ impl Whisper {
     /// (cloning shares the window's cross-attention keys); finished hypotheses are ranked by
     /// mean log-probability, as Whisper's length penalty of 1 does.
     fn decode_beam(&self, start: &model::DecoderState, lang: u32, width: usize) -> Result<Attempt> {
-        let prompt = [self.sp.sot, lang, self.sp.transcribe];
         let max_len = self.model.shape.text_ctx / 2;
-        let mut st = start.clone();
-        let logits = self.model.step(&mut st, &prompt, prompt.len())?;
-        let no_speech_prob = log_softmax(&logits.get(0)?.to_vec1::<f32>()?)[self.sp.no_speech as usize].exp() as f64;
-        let first = logits.get(prompt.len() - 1)?.to_vec1::<f32>()?;
+        let (st, no_speech_prob, first) = self.prompt(start, lang)?;
         let max_initial_ts = (1.0 / TS_STEP) as u32;
         // (tokens, sum of log-probabilities, state, logits for the next token)
         let mut beams: Vec<(Vec<u32>, f64, model::DecoderState, Vec<f32>)> = vec![(Vec::new(), 0.0, st, first)];
@@ -348,8 +350,7 @@ impl Whisper {
         while !beams.is_empty() && finished.len() < width {
             let mut cands: Vec<(f64, usize, u32)> = Vec::new();
             for (b, (tokens, sum, _, logits)) in beams.iter_mut().enumerate() {
-                self.filter(logits, tokens, max_initial_ts);
-                let lp = log_softmax(logits);
+                let lp = self.filter(logits, tokens, max_initial_ts);
                 let mut idx: Vec<usize> = (0..lp.len()).filter(|&i| lp[i].is_finite()).collect();
                 let k = (width + 1).min(idx.len());
                 if k == 0 {
@@ -387,24 +388,32 @@ impl Whisper {
             finished.extend(beams.into_iter().map(|(t, s, _, _)| (t, s)));
         }
         let (tokens, sum) = finished.into_iter().max_by(|a, b| (a.1 / (a.0.len() + 1) as f64).total_cmp(&(b.1 / (b.0.len() + 1) as f64))).unwrap_or_default();
+        Ok(self.attempt(tokens, sum, no_speech_prob))
+    }
+
+    /// Feeds the start-of-transcript prompt: the decoder state after it, the no-speech
+    /// probability (read at the first position, as Whisper does) and the first token's logits.
+    fn prompt(&self, start: &model::DecoderState, lang: u32) -> Result<(model::DecoderState, f64, Vec<f32>)> {
+        let prompt = [self.sp.sot, lang, self.sp.transcribe];
+        let mut st = start.clone();
+        let logits = self.model.step(&mut st, &prompt, prompt.len())?;
+        let no_speech_prob = log_softmax(&logits.get(0)?.to_vec1::<f32>()?)[self.sp.no_speech as usize].exp() as f64;
+        Ok((st, no_speech_prob, logits.get(prompt.len() - 1)?.to_vec1::<f32>()?))
+    }
+
+    fn attempt(&self, tokens: Vec<u32>, sum_lp: f64, no_speech_prob: f64) -> Attempt {
         let text = self.text_of(&tokens);
-        Ok(Attempt { avg_logprob: sum / (tokens.len() + 1) as f64, no_speech_prob, compression_ratio: compression_ratio(&text), text, tokens })
+        Attempt { avg_logprob: sum_lp / (tokens.len() + 1) as f64, no_speech_prob, compression_ratio: compression_ratio(&text), text, tokens }
     }
 
     fn decode(&self, start: &model::DecoderState, lang: u32, temperature: f32, rng: &mut Rng) -> Result<Attempt> {
-        let prompt = [self.sp.sot, lang, self.sp.transcribe];
         let max_len = self.model.shape.text_ctx / 2;
-        let mut st = start.clone();
-        let logits = self.model.step(&mut st, &prompt, prompt.len())?;
-        let first = logits.get(0)?.to_vec1::<f32>()?;
-        let no_speech_prob = log_softmax(&first)[self.sp.no_speech as usize].exp() as f64;
-        let mut cur = logits.get(prompt.len() - 1)?.to_vec1::<f32>()?;
+        let (mut st, no_speech_prob, mut cur) = self.prompt(start, lang)?;
         let mut tokens: Vec<u32> = Vec::new();
         let mut sum_lp = 0f64;
         let max_initial_ts = (1.0 / TS_STEP) as u32;
         loop {
-            self.filter(&mut cur, &tokens, max_initial_ts);
-            let lp = log_softmax(&cur);
+            let lp = self.filter(&mut cur, &tokens, max_initial_ts);
             let next = if temperature <= 0.0 {
                 lp.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(self.sp.eot, |(i, _)| i as u32)
             } else {
@@ -430,8 +439,7 @@ impl Whisper {
             tokens.push(next);
             cur = self.model.step(&mut st, &[next], 1)?.squeeze(0)?.to_vec1::<f32>()?;
         }
-        let text = self.text_of(&tokens);
-        Ok(Attempt { avg_logprob: sum_lp / (tokens.len() + 1) as f64, no_speech_prob, compression_ratio: compression_ratio(&text), text, tokens })
+        Ok(self.attempt(tokens, sum_lp, no_speech_prob))
     }
 
     fn text_of(&self, tokens: &[u32]) -> String {
