@@ -92,7 +92,8 @@ fn main() -> ExitCode {
     mnema_models::use_one_malloc_arena();
     let cli = Cli::parse();
     let filter = match cli.verbose {
-        0 => "warn",
+        // symphonia warns about harmless things it skips (a stray byte before an MP3 frame).
+        0 => "warn,symphonia=error",
         1 => "info",
         _ => "debug",
     };
