@@ -22,6 +22,9 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return; // cargo bench --no-run / test harness probes
     }
+    // As the model manager sets it after every load: buffers up to 32 MiB come from the heap
+    // and are reused instead of being mapped and faulted in on every batch.
+    mnema_models::set_mmap_threshold(32 << 20);
     let tmp = tempfile::tempdir().unwrap();
     println!("mnema foundation benchmark — {} cores, {}", std::thread::available_parallelism().map_or(1, |n| n.get()), std::env::consts::ARCH);
     if std::env::var("MNEMA_BENCH_SKIP_EMBED").is_err() {
@@ -97,7 +100,7 @@ fn embeddings(tmp: &Path) {
         }
         Err(e) => (format!("n/a: {e}"), "n/a".into(), "n/a".into(), "n/a".into()),
     };
-    println!("{:<44} {:>18} {:>24}", "", "mnema (candle)", "sentence-transformers");
+    println!("{:<44} {:>18} {:>24}", "", "mnema", "sentence-transformers");
     println!("{:<44} {:>18.1} {:>24}", "all-MiniLM-L6-v2, short sentences/s", m_short, p_short);
     println!("{:<44} {:>18.1} {:>24}", "all-MiniLM-L6-v2, 256-token texts/s", m_long, p_long);
     println!("{:<44} {:>18} {:>24}", "peak RSS (process, after MiniLM)", format!("{:.0} MB", peak_minilm as f64 / 1e6), p_rss);

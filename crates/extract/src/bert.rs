@@ -1,20 +1,21 @@
-//! A BERT encoder over candle with mean pooling, for sentence embeddings.
+//! A BERT encoder with mean pooling, for sentence embeddings.
 //!
 //! One implementation serves both weight sources: the 4-bit e5 file and f32 safetensors
-//! (MiniLM, or e5 from the hub). From the 4-bit file the layer matrices are expanded to f32 at
-//! load (85 MB; an f32 GEMM over a whole batch is several times faster here than a Q4×Q8 dot
-//! product per row) while the 250k-row word-embedding table stays 4-bit (54 MB instead of
-//! 384 MB) and is dequantized per looked-up row.
+//! (MiniLM, or e5 from the hub). From the 4-bit file the layer matrices are expanded at load
+//! (a GEMM over a whole batch is several times faster here than a Q4×Q8 dot product per row)
+//! while the 250k-row word-embedding table stays 4-bit (54 MB instead of 384 MB) and is
+//! dequantized per looked-up row. The layers are [`Dense`]: bfloat16 where the CPU has
+//! AVX-512 BF16, f32 elsewhere.
 //!
-//! Q, K and V are one fused matmul; attention is computed directly from that buffer per
-//! (sequence, head) on all cores, over each sequence's real length, so padding costs nothing
-//! and no mask tensor is built.
+//! A batch's sequences are laid end to end without padding. Q, K and V are one fused product;
+//! attention is computed directly from that buffer per (sequence, head) on all cores, so no
+//! mask is built and padding costs nothing.
 
+use crate::dense::{Dense, Precision};
 use crate::Result;
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::LayerNorm;
+use candle_core::{DType, Tensor};
 use mnema_models::e5q4::{dequantize_q4_0, E5Q4File};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Architecture numbers the encoder needs.
@@ -33,45 +34,55 @@ enum WordEmbeddings {
     /// dequantized per lookup: only the pages of rows in use become resident (≈54 MB at most, instead of
     /// ≈384 MB as f32).
     Q4 { blob: mnema_models::e5q4::Blob, range: std::ops::Range<usize>, rows: usize },
-    Dense(Tensor),
+    /// Row-major `vocab × hidden`.
+    F32(Vec<f32>),
 }
 
-struct Linear {
-    w: QMatMul,
-    b: Tensor,
+/// Layer normalisation over rows of `w.len()` values.
+struct Norm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
 }
 
-impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.w.forward(x)?.broadcast_add(&self.b)
+impl Norm {
+    /// `x = norm(x + add)` row by row (`add` empty: no residual), on all cores.
+    fn residual(&self, x: &mut [f32], add: &[f32]) {
+        let h = self.w.len();
+        x.par_chunks_mut(h).enumerate().for_each(|(i, row)| {
+            if !add.is_empty() {
+                row.iter_mut().zip(&add[i * h..(i + 1) * h]).for_each(|(a, b)| *a += b);
+            }
+            let mean = sum(row.iter().copied()) / h as f32;
+            let var = sum(row.iter().map(|v| (v - mean) * (v - mean))) / h as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&self.w).zip(&self.b) {
+                *v = (*v - mean) * inv * w + b;
+            }
+        });
     }
 }
 
 struct Layer {
-    qkv: Linear,
-    out: Linear,
-    ln1: LayerNorm,
-    ffn_in: Linear,
-    ffn_out: Linear,
-    ln2: LayerNorm,
+    qkv: Dense,
+    out: Dense,
+    ln1: Norm,
+    ffn_in: Dense,
+    ffn_out: Dense,
+    ln2: Norm,
 }
 
 /// The encoder; `embed` returns L2-normalised mean-pooled vectors.
 pub struct Bert {
     shape: BertShape,
     word: WordEmbeddings,
-    pos: Tensor,
-    type0: Tensor,
-    ln: LayerNorm,
+    /// Row-major `max_positions × hidden`.
+    pos: Vec<f32>,
+    type0: Vec<f32>,
+    ln: Norm,
     layers: Vec<Layer>,
-    device: Device,
     /// Bytes of weights held (for memory accounting).
     pub weight_bytes: usize,
-}
-
-fn ln(w: Vec<f32>, b: Vec<f32>, eps: f64, dev: &Device) -> candle_core::Result<LayerNorm> {
-    let n = w.len();
-    Ok(LayerNorm::new(Tensor::from_vec(w, n, dev)?, Tensor::from_vec(b, n, dev)?, eps))
 }
 
 impl Bert {
@@ -79,91 +90,94 @@ impl Bert {
     pub fn from_e5q4(f: &E5Q4File) -> Result<Bert> {
         let c = f.config;
         let (h, ff) = (c.hidden, c.ffn);
-        let dev = Device::Cpu;
-        let bytes = std::cell::Cell::new(0usize);
-        let f32t = |name: &str, n: usize| -> Result<Vec<f32>> {
-            bytes.set(bytes.get() + n * 4);
-            Ok(f.f32(name, n)?)
-        };
-        let pos = Tensor::from_vec(f32t("emb.pos", c.max_positions * h)?, (c.max_positions, h), &dev)?;
-        let type0 = Tensor::from_vec(f32t("emb.type", 2 * h)?[..h].to_vec(), h, &dev)?;
-        let emb_ln = ln(f32t("emb.ln.w", h)?, f32t("emb.ln.b", h)?, c.eps, &dev)?;
+        let precision = Precision::best();
+        let eps = c.eps as f32;
+        let norm = |w: &str, b: &str| -> Result<Norm> { Ok(Norm { w: f.f32(w, h)?, b: f.f32(b, h)?, eps }) };
+        let pos = f.f32("emb.pos", c.max_positions * h)?;
+        let type0 = f.f32("emb.type", 2 * h)?[..h].to_vec();
+        let ln = norm("emb.ln.w", "emb.ln.b")?;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
-            let q4 = |names: &[&str], rows: usize, cols: usize| -> Result<(QMatMul, usize)> {
+            let dense = |names: &[&str], rows: usize, cols: usize| -> Result<Dense> {
                 let mut w = vec![0f32; rows * cols * names.len()];
+                let mut b = Vec::with_capacity(rows * names.len());
                 for (i, n) in names.iter().enumerate() {
-                    dequantize_q4_0(f.q4(&format!("l{l}.{n}"), rows * cols)?, &mut w[i * rows * cols..(i + 1) * rows * cols]);
+                    dequantize_q4_0(f.q4(&format!("l{l}.{n}.w"), rows * cols)?, &mut w[i * rows * cols..(i + 1) * rows * cols]);
+                    b.extend(f.f32(&format!("l{l}.{n}.b"), rows)?);
                 }
-                let bytes = w.len() * 4;
-                Ok((QMatMul::Tensor(Tensor::from_vec(w, (rows * names.len(), cols), &Device::Cpu)?), bytes))
+                Ok(Dense::new(w, b, rows * names.len(), cols, precision))
             };
-            let (qkv_w, b1) = q4(&["q.w", "k.w", "v.w"], h, h)?;
-            let (out_w, b2) = q4(&["ao.w"], h, h)?;
-            let (fi_w, b3) = q4(&["fi.w"], ff, h)?;
-            let (fo_w, b4) = q4(&["fo.w"], h, ff)?;
-            bytes.set(bytes.get() + b1 + b2 + b3 + b4);
-            let mut qkv_b = f32t(&format!("l{l}.q.b"), h)?;
-            qkv_b.extend(f32t(&format!("l{l}.k.b"), h)?);
-            qkv_b.extend(f32t(&format!("l{l}.v.b"), h)?);
-            let v = |x: Vec<f32>| Tensor::from_vec(x.clone(), x.len(), &dev);
             layers.push(Layer {
-                qkv: Linear { w: qkv_w, b: v(qkv_b)? },
-                out: Linear { w: out_w, b: v(f32t(&format!("l{l}.ao.b"), h)?)? },
-                ln1: ln(f32t(&format!("l{l}.aln.w"), h)?, f32t(&format!("l{l}.aln.b"), h)?, c.eps, &dev)?,
-                ffn_in: Linear { w: fi_w, b: v(f32t(&format!("l{l}.fi.b"), ff)?)? },
-                ffn_out: Linear { w: fo_w, b: v(f32t(&format!("l{l}.fo.b"), h)?)? },
-                ln2: ln(f32t(&format!("l{l}.oln.w"), h)?, f32t(&format!("l{l}.oln.b"), h)?, c.eps, &dev)?,
+                qkv: dense(&["q", "k", "v"], h, h)?,
+                out: dense(&["ao"], h, h)?,
+                ln1: norm(&format!("l{l}.aln.w"), &format!("l{l}.aln.b"))?,
+                ffn_in: dense(&["fi"], ff, h)?,
+                ffn_out: dense(&["fo"], h, ff)?,
+                ln2: norm(&format!("l{l}.oln.w"), &format!("l{l}.oln.b"))?,
             });
         }
         let (blob, range) = f.q4_shared("emb.word", c.vocab * h)?;
-        let bytes = bytes.get() + range.len();
         let shape = BertShape { hidden: h, heads: c.heads, max_positions: c.max_positions };
-        Ok(Bert { shape, word: WordEmbeddings::Q4 { blob, range, rows: c.vocab }, pos, type0, ln: emb_ln, layers, device: dev, weight_bytes: bytes })
+        let word = WordEmbeddings::Q4 { blob, range, rows: c.vocab };
+        Ok(Bert::assemble(shape, word, pos, type0, ln, layers))
     }
 
     /// Builds the encoder from Hugging Face BERT tensors (names with or without `bert.`).
-    pub fn from_tensors(mut t: HashMap<String, Tensor>, heads: usize, layers: usize, eps: f64) -> Result<Bert> {
-        let dev = Device::Cpu;
-        let weight_bytes = t.values().map(|x| x.elem_count() * 4).sum();
-        let mut take = |name: &str| -> Result<Tensor> {
-            t.remove(name)
+    pub fn from_tensors(t: HashMap<String, Tensor>, heads: usize, layers: usize, eps: f64) -> Result<Bert> {
+        let precision = Precision::best();
+        let eps = eps as f32;
+        let t = std::cell::RefCell::new(t);
+        let take = |name: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+            let mut t = t.borrow_mut();
+            let x = t
+                .remove(name)
                 .or_else(|| t.remove(&format!("bert.{name}")))
-                .ok_or_else(|| crate::ExtractError::BadInput(format!("weights lack tensor {name}")))
-                .and_then(|x| Ok(x.to_dtype(DType::F32)?))
+                .ok_or_else(|| crate::ExtractError::BadInput(format!("weights lack tensor {name}")))?;
+            Ok((x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, x.dims().to_vec()))
         };
-        let word = take("embeddings.word_embeddings.weight")?;
-        let pos = take("embeddings.position_embeddings.weight")?;
-        let type0 = take("embeddings.token_type_embeddings.weight")?.get(0)?;
-        let emb_ln = LayerNorm::new(take("embeddings.LayerNorm.weight")?, take("embeddings.LayerNorm.bias")?, eps);
+        let (word, dims) = take("embeddings.word_embeddings.weight")?;
+        let h = dims.last().copied().unwrap_or(0);
+        let (pos, _) = take("embeddings.position_embeddings.weight")?;
+        let type0 = take("embeddings.token_type_embeddings.weight")?.0[..h].to_vec();
+        let norm = |p: &str| -> Result<Norm> { Ok(Norm { w: take(&format!("{p}.weight"))?.0, b: take(&format!("{p}.bias"))?.0, eps }) };
+        let ln = norm("embeddings.LayerNorm")?;
         let mut out = Vec::with_capacity(layers);
         for l in 0..layers {
             let p = format!("encoder.layer.{l}");
-            let mut lin = |w: &str, b: &str| -> Result<Linear> {
-                Ok(Linear { w: QMatMul::Tensor(take(&format!("{p}.{w}"))?), b: take(&format!("{p}.{b}"))? })
+            let ln1 = norm(&format!("{p}.attention.output.LayerNorm"))?;
+            let ln2 = norm(&format!("{p}.output.LayerNorm"))?;
+            let dense = |names: &[&str]| -> Result<Dense> {
+                let (mut w, mut b, mut n, mut k) = (Vec::new(), Vec::new(), 0, 0);
+                for name in names {
+                    let (wi, dims) = take(&format!("{p}.{name}.weight"))?;
+                    w.extend(wi);
+                    b.extend(take(&format!("{p}.{name}.bias"))?.0);
+                    n += dims[0];
+                    k = dims[1];
+                }
+                Ok(Dense::new(w, b, n, k, precision))
             };
-            let q = lin("attention.self.query.weight", "attention.self.query.bias")?;
-            let k = lin("attention.self.key.weight", "attention.self.key.bias")?;
-            let v = lin("attention.self.value.weight", "attention.self.value.bias")?;
-            let dense = |x: &QMatMul| match x {
-                QMatMul::Tensor(t) => Ok(t.clone()),
-                _ => Err(candle_core::Error::Msg("dense weights expected".into())),
-            };
-            let qkv = Linear {
-                w: QMatMul::Tensor(Tensor::cat(&[dense(&q.w)?, dense(&k.w)?, dense(&v.w)?], 0)?),
-                b: Tensor::cat(&[&q.b, &k.b, &v.b], 0)?,
-            };
-            let outl = lin("attention.output.dense.weight", "attention.output.dense.bias")?;
-            let ffn_in = lin("intermediate.dense.weight", "intermediate.dense.bias")?;
-            let ffn_out = lin("output.dense.weight", "output.dense.bias")?;
-            let ln1 = LayerNorm::new(take(&format!("{p}.attention.output.LayerNorm.weight"))?, take(&format!("{p}.attention.output.LayerNorm.bias"))?, eps);
-            let ln2 = LayerNorm::new(take(&format!("{p}.output.LayerNorm.weight"))?, take(&format!("{p}.output.LayerNorm.bias"))?, eps);
-            out.push(Layer { qkv, out: outl, ln1, ffn_in, ffn_out, ln2 });
+            let qkv = dense(&["attention.self.query", "attention.self.key", "attention.self.value"])?;
+            let out_d = dense(&["attention.output.dense"])?;
+            let ffn_in = dense(&["intermediate.dense"])?;
+            let ffn_out = dense(&["output.dense"])?;
+            out.push(Layer { qkv, out: out_d, ln1, ffn_in, ffn_out, ln2 });
         }
-        let (_, h) = word.dims2()?;
-        let max_positions = pos.dims2()?.0;
-        let shape = BertShape { hidden: h, heads, max_positions };
-        Ok(Bert { shape, word: WordEmbeddings::Dense(word), pos, type0, ln: emb_ln, layers: out, device: dev, weight_bytes })
+        let shape = BertShape { hidden: h, heads, max_positions: pos.len() / h.max(1) };
+        Ok(Bert::assemble(shape, WordEmbeddings::F32(word), pos, type0, ln, out))
+    }
+
+    fn assemble(shape: BertShape, word: WordEmbeddings, pos: Vec<f32>, type0: Vec<f32>, ln: Norm, layers: Vec<Layer>) -> Bert {
+        let norm_bytes = |n: &Norm| (n.w.len() + n.b.len()) * 4;
+        let word_bytes = match &word {
+            WordEmbeddings::Q4 { range, .. } => range.len(),
+            WordEmbeddings::F32(w) => w.len() * 4,
+        };
+        let weight_bytes = word_bytes
+            + (pos.len() + type0.len()) * 4
+            + norm_bytes(&ln)
+            + layers.iter().map(|l| l.qkv.bytes() + l.out.bytes() + l.ffn_in.bytes() + l.ffn_out.bytes() + norm_bytes(&l.ln1) + norm_bytes(&l.ln2)).sum::<usize>();
+        Bert { shape, word, pos, type0, ln, layers, weight_bytes }
     }
 
     /// Architecture numbers.
@@ -171,56 +185,71 @@ impl Bert {
         self.shape
     }
 
-    fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
+    /// The arithmetic the layers run with.
+    pub fn precision(&self) -> Precision {
+        self.layers.first().map_or(Precision::F32, |l| l.qkv.precision())
+    }
+
+    /// Adds the word vector of `id` to `out`.
+    fn add_word(&self, id: u32, out: &mut [f32]) {
         let h = self.shape.hidden;
         match &self.word {
             WordEmbeddings::Q4 { blob, range, rows } => {
                 let blocks = &(**blob).as_ref()[range.clone()];
                 let row_bytes = h / 32 * 18;
-                let mut out = vec![0f32; ids.len() * h];
-                for (i, &id) in ids.iter().enumerate() {
-                    let id = (id as usize).min(rows - 1);
-                    dequantize_q4_0(&blocks[id * row_bytes..(id + 1) * row_bytes], &mut out[i * h..(i + 1) * h]);
-                }
-                Ok(Tensor::from_vec(out, (ids.len(), h), &self.device)?)
+                let id = (id as usize).min(rows - 1);
+                let mut v = vec![0f32; h];
+                dequantize_q4_0(&blocks[id * row_bytes..(id + 1) * row_bytes], &mut v);
+                out.iter_mut().zip(&v).for_each(|(o, x)| *o += x);
             }
-            WordEmbeddings::Dense(w) => Ok(w.embedding(&Tensor::new(ids, &self.device)?)?),
+            WordEmbeddings::F32(w) => {
+                let id = (id as usize).min(w.len() / h - 1);
+                out.iter_mut().zip(&w[id * h..(id + 1) * h]).for_each(|(o, x)| *o += x);
+            }
         }
     }
 
     /// Encodes a batch of token-id sequences (each ≤ max positions, special tokens included)
     /// and returns one L2-normalised, mean-pooled vector per sequence.
+    ///
+    /// The sequences are laid end to end with no padding: every step but attention works
+    /// token by token, and attention runs per sequence over its own rows.
     pub fn embed(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let h = self.shape.hidden;
-        let b = batch.len();
-        if b == 0 {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let t = batch.iter().map(Vec::len).max().unwrap_or(1).clamp(1, self.shape.max_positions);
-        let lens: Vec<usize> = batch.iter().map(|s| s.len().clamp(1, t)).collect();
-        let mut ids = vec![0u32; b * t];
-        for (i, seq) in batch.iter().enumerate() {
-            ids[i * t..i * t + seq.len().min(t)].copy_from_slice(&seq[..seq.len().min(t)]);
+        let lens: Vec<usize> = batch.iter().map(|s| s.len().clamp(1, self.shape.max_positions)).collect();
+        let mut starts = Vec::with_capacity(lens.len() + 1);
+        starts.push(0);
+        for l in &lens {
+            starts.push(starts.last().copied().unwrap_or(0) + l);
         }
-        let x = self.lookup(&ids)?.reshape((b, t, h))?;
-        let x = x.broadcast_add(&self.pos.narrow(0, 0, t)?)?.broadcast_add(&self.type0)?;
-        let mut x = self.ln.forward(&x)?.reshape((b * t, h))?;
+        let total = starts[lens.len()];
+        let mut x = vec![0f32; total * h];
+        for (s, seq) in batch.iter().enumerate() {
+            for j in 0..lens[s] {
+                let row = &mut x[(starts[s] + j) * h..(starts[s] + j + 1) * h];
+                self.add_word(seq.get(j).copied().unwrap_or(0), row);
+                for ((r, p), t) in row.iter_mut().zip(&self.pos[j * h..(j + 1) * h]).zip(&self.type0) {
+                    *r += p + t;
+                }
+            }
+        }
+        self.ln.residual(&mut x, &[]);
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
-            let ctx = attention(&qkv, &lens, t, h, self.shape.heads);
-            let a = layer.out.forward(&Tensor::from_vec(ctx, (b * t, h), &self.device)?)?;
-            x = layer.ln1.forward(&(x + a)?)?;
-            let mid = layer.ffn_in.w.forward(&x)?;
-            let mid = bias_gelu(mid, &layer.ffn_in.b)?;
-            let f = layer.ffn_out.forward(&mid)?;
-            x = layer.ln2.forward(&(x + f)?)?;
+            let qkv = layer.qkv.forward(&x);
+            let ctx = attention(&qkv, &starts, h, self.shape.heads);
+            layer.ln1.residual(&mut x, &layer.out.forward(&ctx));
+            let mut mid = layer.ffn_in.forward(&x);
+            gelu(&mut mid);
+            layer.ln2.residual(&mut x, &layer.ffn_out.forward(&mid));
         }
-        // Mean over each sequence's real tokens, then L2 normalisation.
-        let x = x.flatten_all()?.to_vec1::<f32>()?;
-        Ok((0..b)
-            .map(|i| {
+        // Mean over each sequence's tokens, then L2 normalisation.
+        Ok((0..lens.len())
+            .map(|s| {
                 let mut v = vec![0f32; h];
-                for row in x[i * t * h..].chunks_exact(h).take(lens[i]) {
+                for row in x[starts[s] * h..starts[s + 1] * h].chunks_exact(h) {
                     v.iter_mut().zip(row).for_each(|(a, r)| *a += r);
                 }
                 let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
@@ -231,68 +260,90 @@ impl Bert {
     }
 }
 
-/// Scaled dot-product attention straight from the fused `[b·t, 3h]` QKV rows: each
-/// (sequence, head) pair is one task (two small GEMMs and a softmax), over the sequence's
-/// real length only.
-fn attention(qkv: &[f32], lens: &[usize], t: usize, h: usize, heads: usize) -> Vec<f32> {
-    use rayon::prelude::*;
+/// Scaled dot-product attention straight from the fused `[tokens, 3h]` QKV rows: each
+/// (sequence, head) pair is one task (two small GEMMs and a softmax) over rows
+/// `starts[s]..starts[s + 1]`, writing its own columns of the output.
+fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize) -> Vec<f32> {
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..lens.len() * heads)
-        .into_par_iter()
-        .map(|task| {
-            let (s, head) = (task / heads, task % heads);
-            let len = lens[s];
-            let base = s * t * 3 * h + head * hd;
-            let (q, k, v) = (&qkv[base..], &qkv[base + h..], &qkv[base + 2 * h..]);
-            let mut p = vec![0f32; len * len];
-            let mut out = vec![0f32; len * hd];
-            let rs = (3 * h) as isize;
-            // SAFETY: q, k, v rows i < len start at i·3h within the sequence's block and
-            // span hd ≤ h floats, all inside `qkv` (len ≤ t); p and out are len×len and
-            // len×hd row-major buffers owned here.
-            unsafe {
-                // p = scale · q·kᵀ
-                gemm::gemm(len, len, hd, p.as_mut_ptr(), 1, len as isize, false, q.as_ptr(), 1, rs, k.as_ptr(), rs, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
-            }
-            for row in p.chunks_exact_mut(len) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
-                let sum: f32 = row.iter().sum();
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
-            }
-            // SAFETY: as above; out = p·v.
-            unsafe {
-                gemm::gemm(len, hd, len, out.as_mut_ptr(), 1, hd as isize, false, p.as_ptr(), 1, len as isize, v.as_ptr(), 1, rs, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
-            }
-            (s, head, out)
-        })
-        .collect();
-    let mut ctx = vec![0f32; lens.len() * t * h];
-    for (s, head, out) in parts {
-        for (i, o) in out.chunks_exact(hd).enumerate() {
-            let at = (s * t + i) * h + head * hd;
-            ctx[at..at + hd].copy_from_slice(o);
+    let seqs = starts.len() - 1;
+    let mut ctx = vec![0f32; starts[seqs] * h];
+    let out = SharedOut(ctx.as_mut_ptr());
+    (0..seqs * heads).into_par_iter().for_each_init(Vec::new, |p, task| {
+        let out = out;
+        let (s, head) = (task / heads, task % heads);
+        let len = starts[s + 1] - starts[s];
+        let base = starts[s] * 3 * h + head * hd;
+        let (q, k, v) = (&qkv[base..], &qkv[base + h..], &qkv[base + 2 * h..]);
+        p.resize(len * len, 0f32);
+        let rs = (3 * h) as isize;
+        // SAFETY: q, k, v rows i < len start at i·3h within the sequence's rows and span
+        // hd ≤ h floats, all inside `qkv`; p is a len×len row-major buffer owned here.
+        unsafe {
+            // p = scale · q·kᵀ
+            gemm::gemm(len, len, hd, p.as_mut_ptr(), 1, len as isize, false, q.as_ptr(), 1, rs, k.as_ptr(), rs, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
         }
-    }
+        // Unnormalised softmax rows; each output row is divided by its sum afterwards
+        // (len×hd divisions instead of len×len).
+        let mut inv = vec![0f32; len];
+        for (row, inv) in p.chunks_exact_mut(len).zip(&mut inv) {
+            let max = max(row);
+            row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
+            *inv = 1.0 / sum(row.iter().copied());
+        }
+        let ctx_at = out.0.wrapping_add(starts[s] * h + head * hd);
+        // SAFETY: as above; the output block is rows starts[s].. of ctx (row stride h),
+        // columns head·hd..(head+1)·hd, written by this task only.
+        unsafe {
+            gemm::gemm(len, hd, len, ctx_at, 1, h as isize, false, p.as_ptr(), 1, len as isize, v.as_ptr(), 1, rs, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            for (i, inv) in inv.iter().enumerate() {
+                std::slice::from_raw_parts_mut(ctx_at.add(i * h), hd).iter_mut().for_each(|x| *x *= inv);
+            }
+        }
+    });
     ctx
 }
 
-/// `gelu(x + bias)` with the exact (erf) GELU BERT uses, on all cores.
-fn bias_gelu(x: Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    use rayon::prelude::*;
-    let shape = x.shape().clone();
-    let n = *shape.dims().last().unwrap_or(&1);
-    let bias = bias.to_vec1::<f32>()?;
-    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
-    v.par_chunks_mut(n).for_each(|row| {
-        for (a, b) in row.iter_mut().zip(&bias) {
-            let y = *a + b;
-            *a = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+/// Output pointer shared by attention tasks, each writing its own (rows, head) block.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint cells.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+/// The largest value, in 16 independent lanes so the loop vectorises.
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// A sum in 16 independent lanes, so the loop vectorises (a plain float sum is sequential).
+#[inline(always)]
+fn sum(xs: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut i = 0;
+    for x in xs {
+        lanes[i] += x;
+        i = (i + 1) & 15;
+    }
+    lanes.iter().sum()
+}
+
+/// The exact (erf) GELU BERT uses, in place, on all cores.
+fn gelu(x: &mut [f32]) {
+    x.par_chunks_mut(4096).for_each(|part| {
+        for a in part {
+            *a = 0.5 * *a * (1.0 + erf(*a * std::f32::consts::FRAC_1_SQRT_2));
         }
     });
-    Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
 /// erf with absolute error below 1.5e-7 (Abramowitz & Stegun 7.1.26). Branch-free and
@@ -306,14 +357,18 @@ fn erf(x: f32) -> f32 {
 }
 
 /// e^x with relative error below 2e-7 for x in [-87, 88] (0 below): 2^n by exponent bits
-/// times a degree-6 polynomial for e^r, |r| ≤ ln2/2. Branch-free, so it vectorises.
+/// times a degree-6 polynomial for e^r, |r| ≤ ln2/2. Branch-free and free of float→int
+/// conversions (n is read from the mantissa of x·log2e + 1.5·2²³), so it vectorises.
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer held in the low mantissa bits
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let z = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = z - SHIFT;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let ni = z.to_bits().wrapping_sub(SHIFT.to_bits()) as i32;
+    p * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -338,17 +393,18 @@ mod tests {
     }
 
     #[test]
-    fn attention_ignores_padding_and_matches_naive() {
-        // Two sequences, lengths 3 and 2, padded to 3; h = 4, two heads.
-        let (t, h, heads) = (3, 4, 2);
-        let qkv: Vec<f32> = (0..2 * t * 3 * h).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
-        let ctx = attention(&qkv, &[3, 2], t, h, heads);
+    fn attention_stays_within_each_sequence_and_matches_naive() {
+        // Two sequences of 3 and 2 tokens laid end to end; h = 4, two heads.
+        let (h, heads, starts) = (4, 2, [0, 3, 5]);
+        let qkv: Vec<f32> = (0..5 * 3 * h).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
+        let ctx = attention(&qkv, &starts, h, heads);
+        assert_eq!(ctx.len(), 5 * h);
         let mut poisoned = qkv.clone();
-        for v in &mut poisoned[(t + 2) * 3 * h..(t + 3) * 3 * h] {
-            *v = 1e6; // the padded row of sequence 1
+        for v in &mut poisoned[3 * 3 * h..] {
+            *v = 1e6; // every row of sequence 1
         }
-        let ctx2 = attention(&poisoned, &[3, 2], t, h, heads);
-        assert_eq!(ctx[..(t + 2) * h], ctx2[..(t + 2) * h], "padding leaked into real tokens");
+        let ctx2 = attention(&poisoned, &starts, h, heads);
+        assert_eq!(ctx[..3 * h], ctx2[..3 * h], "sequence 1 leaked into sequence 0");
         // Naive reference for sequence 0, head 1, token 2.
         let hd = 2;
         let q = &qkv[2 * 3 * h + hd..2 * 3 * h + 2 * hd];

@@ -9,6 +9,7 @@
 pub mod audio;
 pub mod bert;
 pub mod chunk;
+pub mod dense;
 pub mod embed;
 pub mod image;
 pub mod note;

@@ -1,0 +1,315 @@
+//! Dense layers `y = x·Wᵀ + b` over plain row-major slices, on all cores.
+//!
+//! Where the CPU has AVX-512 BF16 (`vdpbf16ps`: two multiply-adds per lane per instruction,
+//! twice the f32 FMA rate) the weights are held as bfloat16 pairs packed once at load into
+//! 32-column panels, activations are rounded to bfloat16 per call, and products accumulate
+//! in f32. Elsewhere, or with `MNEMA_DENSE=f32`, the weights stay f32 and the `gemm` crate
+//! does the product. Rounding both operands to bfloat16 (8-bit mantissa) moves a 384-wide
+//! sentence vector by a cosine of about 1e-5.
+
+use rayon::prelude::*;
+
+/// Columns per packed panel (two 16-lane registers).
+const NR: usize = 32;
+/// Rows per register tile.
+const MR: usize = 12;
+
+/// Arithmetic a [`Dense`] layer runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// bfloat16 operands, f32 accumulation (AVX-512 BF16).
+    Bf16,
+    /// f32 throughout.
+    F32,
+}
+
+impl Precision {
+    /// The best this CPU runs, unless `MNEMA_DENSE=f32` asks for f32.
+    pub fn best() -> Precision {
+        if std::env::var("MNEMA_DENSE").is_ok_and(|v| v.eq_ignore_ascii_case("f32")) {
+            return Precision::F32;
+        }
+        if bf16_supported() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+}
+
+/// Whether this CPU has the AVX-512 BF16 dot-product instruction.
+pub fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+enum Weights {
+    /// `panels × k/2 × NR` bf16 pairs (low half: even k, high half: odd k); columns past `n`
+    /// are zero.
+    Bf16(Vec<u32>),
+    /// Row-major `n × k`.
+    F32(Vec<f32>),
+}
+
+/// One dense layer: `n` outputs from `k` inputs.
+pub struct Dense {
+    n: usize,
+    k: usize,
+    w: Weights,
+    bias: Vec<f32>,
+}
+
+/// f32 → bfloat16 bits, rounding to nearest even.
+#[inline(always)]
+fn bf16(x: f32) -> u32 {
+    let b = x.to_bits();
+    (b + 0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+impl Dense {
+    /// From row-major `n × k` weights and `n` biases (empty: no bias).
+    pub fn new(w: Vec<f32>, bias: Vec<f32>, n: usize, k: usize, precision: Precision) -> Dense {
+        assert_eq!(w.len(), n * k, "weights are not {n}×{k}");
+        let bias = if bias.is_empty() { vec![0.0; n] } else { bias };
+        assert_eq!(bias.len(), n);
+        let w = match precision {
+            Precision::F32 => Weights::F32(w),
+            Precision::Bf16 => {
+                let kp = k.div_ceil(2);
+                let panels = n.div_ceil(NR);
+                let mut packed = vec![0u32; panels * kp * NR];
+                packed.par_chunks_mut(kp * NR).enumerate().for_each(|(j, panel)| {
+                    for c in 0..NR.min(n - j * NR) {
+                        let row = &w[(j * NR + c) * k..(j * NR + c + 1) * k];
+                        for p in 0..kp {
+                            let lo = bf16(row[2 * p]);
+                            let hi = row.get(2 * p + 1).map_or(0, |&x| bf16(x));
+                            panel[p * NR + c] = lo | hi << 16;
+                        }
+                    }
+                });
+                Weights::Bf16(packed)
+            }
+        };
+        Dense { n, k, w, bias }
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes of weights held.
+    pub fn bytes(&self) -> usize {
+        self.bias.len() * 4
+            + match &self.w {
+                Weights::Bf16(p) => p.len() * 4,
+                Weights::F32(w) => w.len() * 4,
+            }
+    }
+
+    /// The arithmetic this layer runs with.
+    pub fn precision(&self) -> Precision {
+        match self.w {
+            Weights::Bf16(_) => Precision::Bf16,
+            Weights::F32(_) => Precision::F32,
+        }
+    }
+
+    /// `x` is `m × k` row-major; returns `m × n`.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len() % k.max(1), 0, "input is not a multiple of {k} wide");
+        let m = x.len() / k.max(1);
+        let mut y = vec![0f32; m * n];
+        if m == 0 {
+            return y;
+        }
+        match &self.w {
+            Weights::F32(w) => {
+                // SAFETY: y is m×n (row stride n), x is m×k (row stride k), w is n×k read
+                // transposed (column stride k); all buffers have exactly those sizes.
+                unsafe {
+                    gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
+                }
+                y.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(&self.bias).for_each(|(a, b)| *a += b));
+            }
+            Weights::Bf16(panels) => {
+                #[cfg(target_arch = "x86_64")]
+                bf16_gemm(x, m, k, panels, n, &self.bias, &mut y);
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!("bf16 weights are only packed on x86_64 ({panels:?})");
+            }
+        }
+        y
+    }
+}
+
+/// Raw output pointer shared by tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes a distinct set of (row, column) cells.
+unsafe impl Send for Out {}
+// SAFETY: as above.
+unsafe impl Sync for Out {}
+
+#[cfg(target_arch = "x86_64")]
+fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bias: &[f32], y: &mut [f32]) {
+    let kp = k.div_ceil(2);
+    let tiles = m.div_ceil(MR);
+    // Activations as bf16 pairs, tile by tile: tile t, pair p holds rows t·MR.. in MR lanes.
+    let mut a = vec![0u32; tiles * kp * MR];
+    a.par_chunks_mut(kp * MR).enumerate().for_each_init(Vec::new, |rows_buf, (t, tile)| {
+        let rows = MR.min(m - t * MR);
+        rows_buf.resize(MR * kp, 0u32);
+        for r in 0..rows {
+            // SAFETY: bf16 weights are only packed on CPUs with avx512f+avx512bf16.
+            unsafe { to_bf16_pairs(&x[(t * MR + r) * k..(t * MR + r + 1) * k], &mut rows_buf[r * kp..(r + 1) * kp]) };
+        }
+        for (p, lanes) in tile.chunks_exact_mut(MR).enumerate() {
+            for (r, lane) in lanes.iter_mut().enumerate().take(rows) {
+                *lane = rows_buf[r * kp + p];
+            }
+        }
+    });
+    let n_panels = n.div_ceil(NR);
+    // Tasks: 8 row tiles × 4 panels each; a task's panels stay in L2 across its tiles.
+    let (tm, tn) = (8, 4);
+    let groups_m = tiles.div_ceil(tm);
+    let groups_n = n_panels.div_ceil(tn);
+    let out = Out(y.as_mut_ptr());
+    (0..groups_m * groups_n).into_par_iter().for_each(|task| {
+        let out = out;
+        let (gm, gn) = (task / groups_n, task % groups_n);
+        for j in gn * tn..((gn + 1) * tn).min(n_panels) {
+            let b = &panels[j * kp * NR..(j + 1) * kp * NR];
+            let cols = NR.min(n - j * NR);
+            for t in gm * tm..((gm + 1) * tm).min(tiles) {
+                let rows = MR.min(m - t * MR);
+                // SAFETY: the CPU has avx512f+avx512bf16 (only then are weights packed as
+                // bf16); a and b hold kp·MR and kp·NR pairs; the tile writes rows
+                // t·MR..t·MR+rows and columns j·NR..j·NR+cols of the m×n output, which no
+                // other task writes.
+                unsafe {
+                    kernel(kp, a[t * kp * MR..].as_ptr(), b.as_ptr(), out.0.add(t * MR * n + j * NR), n, rows, cols, bias[j * NR..].as_ptr());
+                }
+            }
+        }
+    });
+}
+
+/// One row as bf16 pairs: `out[p]` holds `x[2p]` (low half) and `x[2p + 1]` (high half).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = x.chunks_exact(32);
+    let mut at = 0;
+    for c in &mut chunks {
+        // SAFETY: c holds 32 floats and out[at..at + 16] is in bounds (out has ⌈len/2⌉ slots).
+        unsafe {
+            let lo = _mm512_loadu_ps(c.as_ptr());
+            let hi = _mm512_loadu_ps(c.as_ptr().add(16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(out[at..at + 16].as_mut_ptr() as *mut _, v);
+        }
+        at += 16;
+    }
+    let rest = chunks.remainder();
+    for (i, pair) in rest.chunks(2).enumerate() {
+        out[at + i] = bf16(pair[0]) | pair.get(1).map_or(0, |&v| bf16(v)) << 16;
+    }
+}
+
+/// One MR×NR output tile over the whole depth: 24 accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: *const f32) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees kp·MR pairs at a, kp·NR at b, bias for the tile's
+    // columns, and rows×cols writable cells at c with row stride ldc.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for p in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+            let ap = a.add(p * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(r) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }
+        let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
+        let m1: __mmask16 = if cols >= 32 { 0xffff } else if cols <= 16 { 0 } else { (1u32 << (cols - 16)) as u16 - 1 };
+        let bias0 = _mm512_maskz_loadu_ps(m0, bias);
+        let bias1 = _mm512_maskz_loadu_ps(m1, bias.add(16));
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            let row = c.add(r * ldc);
+            _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc[0], bias0));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(acc[1], bias1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = b[j] + (0..k).map(|l| x[i * k + l] as f64 * w[j * k + l] as f64).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn both_precisions_match_a_naive_product_on_ragged_shapes() {
+        // Rows not a multiple of 12, columns not a multiple of 32, odd depth.
+        for (m, n, k) in [(1, 5, 3), (13, 37, 17), (100, 96, 384), (25, 70, 1535)] {
+            let (x, w, b) = (data(m * k, 1), data(n * k, 2), data(n, 3));
+            let want = naive(&x, &w, &b, m, n, k);
+            let mut precisions = vec![Precision::F32];
+            if bf16_supported() {
+                precisions.push(Precision::Bf16);
+            }
+            for p in precisions {
+                let got = Dense::new(w.clone(), b.clone(), n, k, p).forward(&x);
+                assert_eq!(got.len(), m * n);
+                // bf16 operands: relative error ~2⁻⁸ per product, ~√k·2⁻⁹ over the sum.
+                let tol = if p == Precision::Bf16 { 0.01 * (k as f32).sqrt() } else { 1e-3 };
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - e).abs() <= tol, "{p:?} {m}×{n}×{k} cell {i}: {g} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16(1.0), 0x3f80);
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties go to the even mantissa (1.0).
+        assert_eq!(bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16(-2.5), 0xc020);
+    }
+}
