@@ -80,22 +80,7 @@ impl Dense {
         assert_eq!(bias.len(), n);
         let w = match precision {
             Precision::F32 => Weights::F32(w),
-            Precision::Bf16 => {
-                let kp = k.div_ceil(2);
-                let panels = n.div_ceil(NR);
-                let mut packed = vec![0u32; panels * kp * NR];
-                packed.par_chunks_mut(kp * NR).enumerate().for_each(|(j, panel)| {
-                    for c in 0..NR.min(n - j * NR) {
-                        let row = &w[(j * NR + c) * k..(j * NR + c + 1) * k];
-                        for p in 0..kp {
-                            let lo = bf16(row[2 * p]);
-                            let hi = row.get(2 * p + 1).map_or(0, |&x| bf16(x));
-                            panel[p * NR + c] = lo | hi << 16;
-                        }
-                    }
-                });
-                Weights::Bf16(packed)
-            }
+            Precision::Bf16 => Weights::Bf16(pack_panels(n, k, true, |row, col| w[row * k + col])),
         };
         Dense { n, k, w, bias }
     }
@@ -132,27 +117,35 @@ impl Dense {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len() % k.max(1), 0, "input is not a multiple of {k} wide");
         let m = x.len() / k.max(1);
-        let mut y = vec![0f32; m * n];
         if m == 0 {
-            return y;
+            return Vec::new();
         }
         match &self.w {
             Weights::F32(w) => {
+                let mut y = vec![0f32; m * n];
                 // SAFETY: y is m×n (row stride n), x is m×k (row stride k), w is n×k read
                 // transposed (column stride k); all buffers have exactly those sizes.
                 unsafe {
                     gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
                 }
                 y.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(&self.bias).for_each(|(a, b)| *a += b));
+                y
             }
             Weights::Bf16(panels) => {
+                // Not zeroed first: the tiles write every cell.
+                let mut y = Vec::with_capacity(m * n);
                 #[cfg(target_arch = "x86_64")]
-                bf16_gemm(x, m, k, panels, n, &self.bias, &mut y);
+                // SAFETY: bf16_gemm writes all m×n cells of the m·n floats allocated at y's
+                // pointer before the length is set.
+                unsafe {
+                    bf16_gemm(x, m, k, panels, n, &self.bias, y.as_mut_ptr());
+                    y.set_len(m * n);
+                }
                 #[cfg(not(target_arch = "x86_64"))]
-                unreachable!("bf16 weights are only packed on x86_64 ({panels:?})");
+                unreachable!("bf16 weights are only packed on x86_64 ({panels:?}, {y:?})");
+                y
             }
         }
-        y
     }
 }
 
@@ -164,33 +157,30 @@ unsafe impl Send for Out {}
 // SAFETY: as above.
 unsafe impl Sync for Out {}
 
+impl Out {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
-fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bias: &[f32], y: &mut [f32]) {
+/// `y` (m·n floats, row stride n) = x·Wᵀ + bias; writes every cell.
+///
+/// # Safety
+/// `y` must be valid for m·n writes and the CPU must have avx512f+avx512bf16.
+unsafe fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bias: &[f32], y: *mut f32) {
     let kp = k.div_ceil(2);
     let tiles = m.div_ceil(MR);
     // Activations as bf16 pairs, tile by tile: tile t, pair p holds rows t·MR.. in MR lanes.
     let mut a = vec![0u32; tiles * kp * MR];
-    a.par_chunks_mut(kp * MR).enumerate().for_each_init(Vec::new, |rows_buf, (t, tile)| {
-        let rows = MR.min(m - t * MR);
-        rows_buf.resize(MR * kp, 0u32);
-        for r in 0..rows {
-            // SAFETY: bf16 weights are only packed on CPUs with avx512f+avx512bf16.
-            unsafe { to_bf16_pairs(&x[(t * MR + r) * k..(t * MR + r + 1) * k], &mut rows_buf[r * kp..(r + 1) * kp]) };
-        }
-        for (p, lanes) in tile.chunks_exact_mut(MR).enumerate() {
-            for (r, lane) in lanes.iter_mut().enumerate().take(rows) {
-                *lane = rows_buf[r * kp + p];
-            }
-        }
-    });
+    a.par_chunks_mut(kp * MR).enumerate().for_each_init(Vec::new, |rows_buf, (t, tile)| pack_tile(x, k, t * MR, MR.min(m - t * MR), k, tile, rows_buf));
     let n_panels = n.div_ceil(NR);
     // Tasks: 8 row tiles × 4 panels each; a task's panels stay in L2 across its tiles.
     let (tm, tn) = (8, 4);
     let groups_m = tiles.div_ceil(tm);
     let groups_n = n_panels.div_ceil(tn);
-    let out = Out(y.as_mut_ptr());
+    let out = Out(y);
     (0..groups_m * groups_n).into_par_iter().for_each(|task| {
-        let out = out;
         let (gm, gn) = (task / groups_n, task % groups_n);
         for j in gn * tn..((gn + 1) * tn).min(n_panels) {
             let b = &panels[j * kp * NR..(j + 1) * kp * NR];
@@ -202,11 +192,77 @@ fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bias: &[f3
                 // t·MR..t·MR+rows and columns j·NR..j·NR+cols of the m×n output, which no
                 // other task writes.
                 unsafe {
-                    kernel(kp, a[t * kp * MR..].as_ptr(), b.as_ptr(), out.0.add(t * MR * n + j * NR), n, rows, cols, bias[j * NR..].as_ptr());
+                    kernel(kp, a[t * kp * MR..].as_ptr(), b.as_ptr(), out.ptr().add(t * MR * n + j * NR), n, rows, cols, bias[j * NR..].as_ptr());
                 }
             }
         }
     });
+}
+
+/// Packs `n` rows of depth `k` (element `get(row, depth)`) as bf16 pairs in NR-row panels,
+/// zero past `n` and `k`; on all cores when `parallel`.
+pub(crate) fn pack_panels(n: usize, k: usize, parallel: bool, get: impl Fn(usize, usize) -> f32 + Sync) -> Vec<u32> {
+    let kp = k.div_ceil(2);
+    let mut packed = vec![0u32; n.div_ceil(NR) * kp * NR];
+    let fill = |(j, panel): (usize, &mut [u32])| {
+        for c in 0..NR.min(n - j * NR) {
+            let row = j * NR + c;
+            for p in 0..kp {
+                let hi = if 2 * p + 1 < k { bf16(get(row, 2 * p + 1)) } else { 0 };
+                panel[p * NR + c] = bf16(get(row, 2 * p)) | hi << 16;
+            }
+        }
+    };
+    if parallel {
+        packed.par_chunks_mut(kp * NR).enumerate().for_each(fill);
+    } else {
+        packed.chunks_mut(kp * NR).enumerate().for_each(fill);
+    }
+    packed
+}
+
+/// Packs rows `first..first + rows` of `x` (row stride `lda`, depth `k`) into one MR-row tile
+/// of bf16 pairs (`kp × MR`, pair-major); `buf` is scratch.
+#[cfg(target_arch = "x86_64")]
+fn pack_tile(x: &[f32], lda: usize, first: usize, rows: usize, k: usize, tile: &mut [u32], buf: &mut Vec<u32>) {
+    let kp = k.div_ceil(2);
+    buf.resize(MR * kp, 0u32);
+    for r in 0..rows {
+        let at = (first + r) * lda;
+        // SAFETY: tiles are only packed on CPUs with avx512f+avx512bf16 (Precision::Bf16).
+        unsafe { to_bf16_pairs(&x[at..at + k], &mut buf[r * kp..(r + 1) * kp]) };
+    }
+    for (p, lanes) in tile.chunks_exact_mut(MR).enumerate() {
+        for (r, lane) in lanes.iter_mut().enumerate() {
+            *lane = if r < rows { buf[r * kp + p] } else { 0 };
+        }
+    }
+}
+
+/// Serial bf16 product for small per-task matrices (attention): `c = a·bᵀ`, where `a` is
+/// `m × k` with row stride `lda`, `b` is packed by [`pack_panels`] (`n` rows of depth `k`)
+/// and `c` is written `m × n` with row stride `ldc`. Needs AVX-512 BF16
+/// ([`bf16_supported`]).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_t_serial(a: &[f32], lda: usize, m: usize, k: usize, b: &[u32], n: usize, c: &mut [f32], ldc: usize, scratch: &mut (Vec<u32>, Vec<u32>)) {
+    assert!(bf16_supported(), "bfloat16 products need AVX-512 BF16");
+    assert!(m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n), "operands too small");
+    let kp = k.div_ceil(2);
+    assert!(b.len() >= n.div_ceil(NR) * kp * NR, "packed operand too small");
+    const ZERO: [f32; NR] = [0.0; NR];
+    let (tile, buf) = scratch;
+    tile.resize(kp * MR, 0);
+    for t in 0..m.div_ceil(MR) {
+        let rows = MR.min(m - t * MR);
+        pack_tile(a, lda, t * MR, rows, k, tile, buf);
+        for j in 0..n.div_ceil(NR) {
+            let cols = NR.min(n - j * NR);
+            // SAFETY: checked above: the CPU has the instructions, the tile holds kp·MR
+            // pairs, the panel kp·NR, and c has rows×cols cells from (t·MR, j·NR).
+            unsafe { kernel(kp, tile.as_ptr(), b[j * kp * NR..].as_ptr(), c.as_mut_ptr().add(t * MR * ldc + j * NR), ldc, rows, cols, ZERO.as_ptr()) };
+        }
+    }
 }
 
 /// One row as bf16 pairs: `out[p]` holds `x[2p]` (low half) and `x[2p + 1]` (high half).

@@ -133,7 +133,7 @@ fn containers_and_codecs() {
     }
     // Opus has no decoder here: a clear error naming the codec.
     let opus = ff(&["-i", w, "-c:a", "libopus"], "fmt.opus");
-    let err = AudioStream::open(&opus).and_then(|mut s| s.read_all()).err().expect("opus decoded?").to_string();
+    let err = AudioStream::open(&opus).and_then(|mut s| s.read_all()).expect_err("opus decoded?").to_string();
     assert!(err.contains("unsupported"), "{err}");
 }
 

@@ -136,7 +136,7 @@ pub fn acquire_embedder(config: &Config, models: &ModelManager, name: &str) -> R
         load_embedder(&config.models_dir, name)
     })?;
     // Activations cost about 24 KB per token in a batch (384-wide model, 1536-wide FFN).
-    e.set_max_batch_tokens((models.free() / (24 << 10)).clamp(256, 4096) as usize);
+    e.set_max_batch_tokens((models.free() / (24 << 10)).clamp(256, mnema_extract::embed::MAX_BATCH_TOKENS as u64) as usize);
     Ok(e)
 }
 

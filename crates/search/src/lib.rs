@@ -197,10 +197,10 @@ pub fn snippet(text: &str, terms: &[String], width: usize) -> String {
         pos = w.end;
     }
     if to < words.len() {
-        out.push_str(&collapse_ws(&text[pos..words[to].start]).trim_end().to_string());
+        out.push_str(collapse_ws(&text[pos..words[to].start]).trim_end());
         out.push('…');
     } else {
-        out.push_str(&collapse_ws(&text[pos..]).trim_end().to_string());
+        out.push_str(collapse_ws(&text[pos..]).trim_end());
     }
     out.trim_start().to_string()
 }

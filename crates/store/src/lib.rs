@@ -89,6 +89,9 @@ pub struct Stats {
     pub db_bytes: u64,
 }
 
+/// An item's chunks, each with its vector.
+pub type EmbeddedChunks = Vec<(Chunk, Vec<f32>)>;
+
 /// The store façade; the connection is private.
 pub struct Store {
     conn: Connection,
@@ -471,7 +474,7 @@ impl Store {
 
     /// Runs `f` inside one transaction for bulk loading (benchmarks): vectors go to SQLite
     /// only, and the index is rebuilt on next use.
-    pub fn bulk_insert(&mut self, rows: &[(NewItem, Vec<(Chunk, Vec<f32>)>)], embedder: &str) -> Result<()> {
+    pub fn bulk_insert(&mut self, rows: &[(NewItem, EmbeddedChunks)], embedder: &str) -> Result<()> {
         let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
         let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
         {
