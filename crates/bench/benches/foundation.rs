@@ -157,7 +157,7 @@ fn search_latency(tmp: &Path) {
         let mut store = Store::open(&home).unwrap();
         let per = 5000;
         for start in (0..n).step_by(per) {
-            let rows: Vec<(NewItem, Vec<(Chunk, Vec<f32>)>)> = (start..(start + per).min(n))
+            let rows: Vec<(NewItem, mnema_store::EmbeddedChunks)> = (start..(start + per).min(n))
                 .map(|i| {
                     let text = vocab.text(&mut rng, 40);
                     let item = NewItem { path: format!("/bench/{i}.md"), kind: Kind::Note, sha256: format!("{i:064}"), size: 1, mtime: i as i64, meta: serde_json::Value::Null };

@@ -281,7 +281,7 @@ mod tests {
         let alloc = stats.iter().find(|s| s.stage == "alloc").unwrap();
         let grew = alloc.peak_rss_bytes as i64 - process_rss() as i64;
         assert!(alloc.peak_rss_bytes >= (256 << 20), "peak {} below the allocation", alloc.peak_rss_bytes);
-        assert!(grew >= (230 << 20) && grew <= (300 << 20), "peak over the end RSS: {} MiB, want ~256", grew >> 20);
+        assert!(((230 << 20)..=(300 << 20)).contains(&grew), "peak over the end RSS: {} MiB, want ~256", grew >> 20);
         assert!(alloc.rss_delta_bytes.abs() < (32 << 20), "freed at the end: delta {}", alloc.rss_delta_bytes);
         let busy = stats.iter().find(|s| s.stage == "busy").unwrap();
         assert!((busy.wall_ms - 300.0).abs() < 60.0, "wall {}", busy.wall_ms);
