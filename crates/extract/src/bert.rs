@@ -263,7 +263,7 @@ impl Bert {
 /// Scaled dot-product attention straight from the fused `[tokens, 3h]` QKV rows: each
 /// (sequence, head) pair is one task (two small GEMMs and a softmax) over rows
 /// `starts[s]..starts[s + 1]`, writing its own columns of the output.
-fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, precision: Precision) -> Vec<f32> {
+pub(crate) fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, precision: Precision) -> Vec<f32> {
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let seqs = starts.len() - 1;
@@ -376,7 +376,7 @@ fn sum(xs: impl Iterator<Item = f32>) -> f32 {
 }
 
 /// The exact (erf) GELU BERT uses, in place, on all cores.
-fn gelu(x: &mut [f32]) {
+pub(crate) fn gelu(x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|part| {
         for a in part {
             *a = 0.5 * *a * (1.0 + erf(*a * std::f32::consts::FRAC_1_SQRT_2));
