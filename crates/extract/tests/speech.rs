@@ -169,3 +169,80 @@ fn beam_search_reads_as_well_as_greedy() {
     assert!(!beam.segments.is_empty() && beam.segments.windows(2).all(|w| w[0].start_ms <= w[1].start_ms));
     assert!((500..=1800).contains(&beam.segments[0].start_ms), "{:?}", beam.segments);
 }
+
+/// The hub's layout (`mnema models fetch --hub whisper-base` downloads `openai/whisper-base`
+/// safetensors): the shipped weights rewritten under the hub's tensor names — q, k, v as
+/// separate matrices, no key bias, `weight`/`bias` for the norms — must load through the
+/// safetensors path and read the same words as the CTranslate2 file.
+#[test]
+fn hub_safetensors_layout_reads_the_same() {
+    use candle_core::{DType, Device, Tensor};
+    let ct2 = mnema_models::ct2::Ct2File::open(&models_dir().join("whisper-base/model.bin")).unwrap();
+    let names: Vec<String> = ct2.names().map(String::from).collect();
+    let mut hub = std::collections::HashMap::new();
+    let mut put = |name: String, vals: &[f32], dims: &[usize]| {
+        hub.insert(name, Tensor::from_slice(vals, dims, &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap());
+    };
+    for name in &names {
+        let Ok((vals, dims)) = ct2.f32(name) else { continue };
+        if dims.is_empty() {
+            continue; // scalars: flags and head counts
+        }
+        let p: Vec<&str> = name.split('/').collect();
+        let side = p[0];
+        let norm = |g: &str| if g == "gamma" { "weight" } else { "bias" };
+        match p.as_slice() {
+            [_, "conv1" | "conv2", w] => put(format!("model.{side}.{}.{w}", p[1]), &vals, &dims),
+            [_, "position_encodings", _] => put(format!("model.{side}.embed_positions.weight"), &vals, &dims),
+            ["decoder", "embeddings", _] => put("model.decoder.embed_tokens.weight".into(), &vals, &dims),
+            [_, "layer_norm", g] => put(format!("model.{side}.layer_norm.{}", norm(g)), &vals, &dims),
+            [_, layer, module, sub, rest @ ..] => {
+                let l = format!("model.{side}.layers.{}", layer.trim_start_matches("layer_"));
+                let attn = if *module == "self_attention" { "self_attn" } else { "encoder_attn" };
+                let w = rest.last().copied().unwrap_or("");
+                // Stacked projections are split back into the hub's separate matrices.
+                let split = |parts: &[&str], put: &mut dyn FnMut(String, &[f32], &[usize])| {
+                    let rows = dims[0] / parts.len();
+                    let cols: usize = dims[1..].iter().product();
+                    for (i, part) in parts.iter().enumerate() {
+                        let chunk = &vals[i * rows * cols..(i + 1) * rows * cols];
+                        if *part == "k_proj" && w == "bias" {
+                            assert!(chunk.iter().all(|&x| x == 0.0), "{name}: key bias is not zero");
+                            continue;
+                        }
+                        let d: Vec<usize> = std::iter::once(rows).chain(dims[1..].iter().copied()).collect();
+                        put(format!("{l}.{attn}.{part}.{w}"), chunk, &d);
+                    }
+                };
+                match (*module, *sub) {
+                    ("ffn", "layer_norm") => put(format!("{l}.final_layer_norm.{}", norm(w)), &vals, &dims),
+                    ("ffn", "linear_0") => put(format!("{l}.fc1.{w}"), &vals, &dims),
+                    ("ffn", "linear_1") => put(format!("{l}.fc2.{w}"), &vals, &dims),
+                    (_, "layer_norm") => put(format!("{l}.{attn}_layer_norm.{}", norm(w)), &vals, &dims),
+                    ("self_attention", "linear_0") => split(&["q_proj", "k_proj", "v_proj"], &mut put),
+                    ("self_attention", "linear_1") | ("attention", "linear_2") => put(format!("{l}.{attn}.out_proj.{w}"), &vals, &dims),
+                    ("attention", "linear_0") => put(format!("{l}.{attn}.q_proj.{w}"), &vals, &dims),
+                    ("attention", "linear_1") => split(&["k_proj", "v_proj"], &mut put),
+                    other => panic!("unmapped tensor {name} {other:?}"),
+                }
+            }
+            _ => panic!("unmapped tensor {name}"),
+        }
+    }
+    assert!(hub.contains_key("model.encoder.layers.5.self_attn.k_proj.weight") && !hub.contains_key("model.encoder.layers.0.self_attn.k_proj.bias"));
+    let home = dir().join("hub-models");
+    let dst = home.join("whisper-base");
+    std::fs::create_dir_all(&dst).unwrap();
+    candle_core::safetensors::save(&hub, dst.join("model.safetensors")).unwrap();
+    drop(hub);
+    std::fs::copy(models_dir().join("whisper-base/tokenizer.json"), dst.join("tokenizer.json")).unwrap();
+    let from_hub = load_whisper(&home, "whisper-base").unwrap();
+    let p = speech("hub", "en", &format!("{FOX} {TRAIN}"), 0.5, 0.5);
+    let opts = ru_en();
+    let read = |w: &Whisper| w.transcribe(&mut AudioStream::open(&p).unwrap(), None, &opts, |_, _| {}).unwrap();
+    let (a, b) = (read(whisper()), read(&from_hub));
+    assert_eq!(a.language, b.language);
+    assert_eq!(a.text(), b.text(), "same weights, same words");
+    let (_, wer) = error_rates(&b.text().to_lowercase().replace(['.', ','], ""), &format!("{FOX} {TRAIN}").to_lowercase().replace(['.', ','], ""));
+    assert!(wer <= 0.25, "WER {wer:.2}: {}", b.text());
+}
