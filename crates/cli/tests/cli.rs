@@ -297,6 +297,41 @@ fn json_flag_on_every_command_and_help() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("empty query"));
 }
 
+/// Both arithmetics of the large products run here: bfloat16 (default where the CPU has
+/// AVX-512 BF16) and f32 (`MNEMA_DENSE=f32`, the path of every other CPU) must give the same
+/// vectors to a cosine of 0.9999; the speech encoder's bfloat16 and 8-bit forms the same words.
+#[test]
+fn bfloat16_and_f32_paths_agree() {
+    let env = Env::new();
+    let long = "Векторизация заметок: режем текст на куски по двести токенов и ищем по смыслу. ".repeat(12);
+    let texts = ["как приготовить борщ", "beet soup recipe", "идеи по векторизации", long.as_str()];
+    let embed = |dense: &str| -> Vec<Vec<f32>> {
+        let o = env.cmd().env("MNEMA_DENSE", dense).args(["--json", "embed"]).args(texts).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["vectors"].as_array().unwrap().iter().map(|x| x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap() as f32).collect()).collect()
+    };
+    let (fast, exact) = (embed("auto"), embed("f32"));
+    assert_eq!(fast.len(), texts.len());
+    for (i, (a, b)) in fast.iter().zip(&exact).enumerate() {
+        let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cos > 0.9999, "text {i}: cosine {cos} between the two paths");
+    }
+    if mnema_extract::dense::bf16_supported() {
+        assert_ne!(fast, exact, "MNEMA_DENSE=f32 did not change the arithmetic");
+    }
+    let memo = repo().join("samples/voice/vectorization-ideas.mp3");
+    let words = |dtype: &str| -> String {
+        let o = env.cmd().env("MNEMA_SPEECH_DTYPE", dtype).args(["--json", "transcribe"]).arg(&memo).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["text"].as_str().unwrap().to_lowercase()
+    };
+    let (a, b) = (words("bf16"), words("q8"));
+    let (_, wer) = mnema_extract::ocr::error_rates(&a, &b);
+    assert!(wer <= 0.15 && a.contains("multilingual"), "bf16 {a:?} against q8 {b:?}");
+}
+
 #[test]
 fn memory_budget_refuses_clearly_and_is_kept() {
     let env = Env::new();
