@@ -89,7 +89,7 @@ fn main() -> ExitCode {
             tracing::debug!("re-exec with OMP_THREAD_LIMIT=1 failed: {err}");
         }
     }
-    mnema_models::use_one_malloc_arena();
+    mnema_models::use_few_malloc_arenas(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cli = Cli::parse();
     let filter = match cli.verbose {
         // symphonia warns about harmless things it skips (a stray byte before an MP3 frame).
