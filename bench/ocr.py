@@ -82,15 +82,18 @@ print(f"{len(images)} images in {work}")
 print(f"{'engine':<62} {'images/s':>9} {'s/image':>8} {'CER':>7} {'WER':>7}")
 # tesseract CLI, one process per image, sequential.
 env = dict(os.environ, OMP_THREAD_LIMIT="1")
-texts, times = {}, []
-t0 = time.perf_counter()
-for p, _, _ in images:
-    t1 = time.perf_counter()
-    out = subprocess.run(["tesseract", p, "stdout", "-l", "rus+eng"], capture_output=True, text=True, env=env)
-    times.append(time.perf_counter() - t1)
-    texts[p] = "\n".join(l for l in out.stdout.splitlines() if l.strip())
-cli = summary("tesseract CLI (rus+eng, OMP_THREAD_LIMIT=1)", texts, time.perf_counter() - t0, statistics.median(times))
-cli_texts = texts
+
+
+def run_cli():
+    texts, times = {}, []
+    t0 = time.perf_counter()
+    for p, _, _ in images:
+        t1 = time.perf_counter()
+        out = subprocess.run(["tesseract", p, "stdout", "-l", "rus+eng"], capture_output=True, text=True, env=env)
+        times.append(time.perf_counter() - t1)
+        texts[p] = "\n".join(l for l in out.stdout.splitlines() if l.strip())
+    return texts, time.perf_counter() - t0, statistics.median(times)
+
 
 def run_mnema(engine, extra_env=None):
     e = dict(os.environ, **(extra_env or {}))
@@ -104,8 +107,18 @@ def run_mnema(engine, extra_env=None):
             texts[v["path"]] = v["text"]
     return texts, wall
 
-texts, wall = run_mnema("tesseract")
-fast = summary("mnema tesseract (warm, 2 workers, preprocessing)", texts, wall)
+# The machine is shared and noisy: the CLI and mnema's default run alternate `repeat` times
+# and each side keeps its fastest pass (the texts are the same every pass).
+repeat = int(os.environ.get("MNEMA_BENCH_REPEAT", "3"))
+cli_runs, fast_runs = [], []
+for _ in range(repeat):
+    cli_runs.append(run_cli())
+    fast_runs.append(run_mnema("tesseract"))
+cli_texts, cli_wall, cli_median = min(cli_runs, key=lambda r: r[1])
+cli = summary(f"tesseract CLI (rus+eng, OMP_THREAD_LIMIT=1, best of {repeat})", cli_texts, cli_wall, cli_median)
+texts, wall = min(fast_runs, key=lambda r: r[1])
+fast = summary(f"mnema tesseract (warm, 2 workers, preprocessing, best of {repeat})", texts, wall)
+print(f"  (all passes, images/s: CLI {', '.join(f'{len(images) / r[1]:.2f}' for r in cli_runs)}; mnema {', '.join(f'{len(images) / r[1]:.2f}' for r in fast_runs)})", flush=True)
 runs = {"auto": (texts, wall)}
 for mode in ["none", "invert", "upscale"]:
     t, w = run_mnema("tesseract", {"MNEMA_OCR_PREPROCESS": mode})
