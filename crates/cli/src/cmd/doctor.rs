@@ -109,7 +109,10 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     checks.push(check_item(
         "cpu",
         if fast { "ok" } else { "warn" },
-        format!("{cores} cores, {} {}", std::env::consts::ARCH, feats),
+        format!("{cores} cores, {} {}; large products in {}", std::env::consts::ARCH, feats, match mnema_extract::dense::Precision::best() {
+            mnema_extract::dense::Precision::Bf16 => "bfloat16",
+            mnema_extract::dense::Precision::F32 => "f32",
+        }),
         (!fast).then_some("no AVX2/FMA (x86) or NEON (arm): models run several times slower"),
     ));
 
@@ -150,6 +153,7 @@ fn cpu_features() -> (String, bool) {
             ("fma", std::arch::is_x86_feature_detected!("fma")),
             ("f16c", std::arch::is_x86_feature_detected!("f16c")),
             ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("avx512bf16", mnema_extract::dense::bf16_supported()),
         ];
         let names: Vec<&str> = f.iter().filter(|x| x.1).map(|x| x.0).collect();
         (names.join(" "), f[0].1 && f[1].1)
