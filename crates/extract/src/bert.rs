@@ -11,7 +11,7 @@
 //! attention is computed directly from that buffer per (sequence, head) on all cores, so no
 //! mask is built and padding costs nothing.
 
-use crate::dense::{Dense, Precision};
+use crate::dense::{Dense, Out, Precision};
 use crate::Result;
 use candle_core::{DType, Tensor};
 use mnema_models::e5q4::{dequantize_q4_0, E5Q4File};
@@ -268,7 +268,7 @@ pub(crate) fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, p
     let scale = 1.0 / (hd as f32).sqrt();
     let seqs = starts.len() - 1;
     let mut ctx = vec![0f32; starts[seqs] * h];
-    let out = SharedOut(ctx.as_mut_ptr());
+    let out = Out(ctx.as_mut_ptr());
     (0..seqs * heads).into_par_iter().for_each_init(Scratch::default, |sc, task| {
         let (s, head) = (task / heads, task % heads);
         let len = starts[s + 1] - starts[s];
@@ -334,20 +334,6 @@ fn softmax_rows(p: &mut [f32], len: usize) -> Vec<f32> {
             1.0 / sum(row.iter().copied())
         })
         .collect()
-}
-
-/// Output pointer shared by attention tasks, each writing its own (rows, head) block.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint cells.
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// The largest value, in 16 independent lanes so the loop vectorises.

@@ -149,16 +149,17 @@ impl Dense {
     }
 }
 
-/// Raw output pointer shared by tasks that write disjoint tiles.
+/// Raw output pointer shared by parallel tasks that write disjoint cells (GEMM tiles,
+/// attention's (rows, head) blocks).
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes a distinct set of (row, column) cells.
+pub(crate) struct Out(pub(crate) *mut f32);
+// SAFETY: every user has each task write a distinct set of cells.
 unsafe impl Send for Out {}
 // SAFETY: as above.
 unsafe impl Sync for Out {}
 
 impl Out {
-    fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }
