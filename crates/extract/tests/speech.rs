@@ -170,6 +170,9 @@ fn beam_search_reads_as_well_as_greedy() {
     assert!((500..=1800).contains(&beam.segments[0].start_ms), "{:?}", beam.segments);
 }
 
+/// Receives one tensor of the hub's layout: name, values, dims.
+type Put<'a> = dyn FnMut(String, &[f32], &[usize]) + 'a;
+
 /// The hub's layout (`mnema models fetch --hub whisper-base` downloads `openai/whisper-base`
 /// safetensors): the shipped weights rewritten under the hub's tensor names — q, k, v as
 /// separate matrices, no key bias, `weight`/`bias` for the norms — must load through the
@@ -201,7 +204,7 @@ fn hub_safetensors_layout_reads_the_same() {
                 let attn = if *module == "self_attention" { "self_attn" } else { "encoder_attn" };
                 let w = rest.last().copied().unwrap_or("");
                 // Stacked projections are split back into the hub's separate matrices.
-                let split = |parts: &[&str], put: &mut dyn FnMut(String, &[f32], &[usize])| {
+                let split = |parts: &[&str], put: &mut Put| {
                     let rows = dims[0] / parts.len();
                     let cols: usize = dims[1..].iter().product();
                     for (i, part) in parts.iter().enumerate() {
