@@ -42,8 +42,12 @@ pub trait Embedder: Send + Sync {
 pub fn estimate_cost(models_dir: &Path, name: &str) -> u64 {
     let size = |f: &str| std::fs::metadata(models_dir.join(name).join(f)).map_or(0, |m| m.len());
     match name {
-        // Layers expand from 4 to 32 bits (~85 MB); the word table stays mapped 4-bit.
-        "multilingual-e5-small" if size("e5-small-q4.bin") > 0 => 85_000_000 + 54_000_000 + size("tokenizer.json") * 12,
+        // Layers expand from 4 bits to bfloat16 (~43 MB) or f32 (~85 MB); the word table
+        // stays mapped 4-bit.
+        "multilingual-e5-small" if size("e5-small-q4.bin") > 0 => {
+            let layers = if crate::dense::Precision::best() == crate::dense::Precision::Bf16 { 43_000_000 } else { 85_000_000 };
+            layers + 54_000_000 + size("tokenizer.json") * 12
+        }
         _ => size("model.safetensors") + size("tokenizer.json") * 12,
     }
 }
