@@ -36,9 +36,10 @@ pub struct WhisperShape {
     pub vocab: usize,
 }
 
-/// A linear layer: f32 for the encoder (large batches of frames: a GEMM is compute-bound and
-/// f32 is fastest), 8-bit blocks for the decoder (one token at a time: reading the weights is
-/// the cost, and Q8_0 reads a quarter of the bytes, as CTranslate2's int8 mode does).
+/// A linear layer. The encoder multiplies 1500 frames at once (compute-bound): bfloat16 panels
+/// where the CPU has AVX-512 BF16, else 8-bit blocks or f32 (`MNEMA_SPEECH_DTYPE`). The
+/// decoder runs one token at a time (reading the weights is the cost): 8-bit blocks, a
+/// quarter of f32's bytes, as CTranslate2's int8 mode does.
 enum Lin {
     F32(Linear),
     Q8(QMatMul, Tensor),
