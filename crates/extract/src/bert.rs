@@ -185,26 +185,19 @@ impl Bert {
         self.shape
     }
 
-    /// The arithmetic the layers run with.
-    pub fn precision(&self) -> Precision {
-        self.layers.first().map_or(Precision::F32, |l| l.qkv.precision())
-    }
-
-    /// Adds the word vector of `id` to `out`.
-    fn add_word(&self, id: u32, out: &mut [f32]) {
+    /// Writes the word vector of `id` into `out` (one row of `hidden` values).
+    fn word_row(&self, id: u32, out: &mut [f32]) {
         let h = self.shape.hidden;
         match &self.word {
             WordEmbeddings::Q4 { blob, range, rows } => {
                 let blocks = &(**blob).as_ref()[range.clone()];
                 let row_bytes = h / 32 * 18;
                 let id = (id as usize).min(rows - 1);
-                let mut v = vec![0f32; h];
-                dequantize_q4_0(&blocks[id * row_bytes..(id + 1) * row_bytes], &mut v);
-                out.iter_mut().zip(&v).for_each(|(o, x)| *o += x);
+                dequantize_q4_0(&blocks[id * row_bytes..(id + 1) * row_bytes], out);
             }
             WordEmbeddings::F32(w) => {
                 let id = (id as usize).min(w.len() / h - 1);
-                out.iter_mut().zip(&w[id * h..(id + 1) * h]).for_each(|(o, x)| *o += x);
+                out.copy_from_slice(&w[id * h..(id + 1) * h]);
             }
         }
     }
@@ -230,7 +223,7 @@ impl Bert {
         for (s, seq) in batch.iter().enumerate() {
             for j in 0..lens[s] {
                 let row = &mut x[(starts[s] + j) * h..(starts[s] + j + 1) * h];
-                self.add_word(seq.get(j).copied().unwrap_or(0), row);
+                self.word_row(seq.get(j).copied().unwrap_or(0), row);
                 for ((r, p), t) in row.iter_mut().zip(&self.pos[j * h..(j + 1) * h]).zip(&self.type0) {
                     *r += p + t;
                 }

@@ -90,11 +90,6 @@ impl Dense {
         self.n
     }
 
-    /// Inputs.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Bytes of weights held.
     pub fn bytes(&self) -> usize {
         self.bias.len() * 4

@@ -94,24 +94,13 @@ pub enum ModelError {
 /// 32 MiB (glibc's own ceiling) for inference, where a low threshold costs page faults on
 /// every window (Whisper: 38 s → 52 s for 10 minutes of audio).
 pub fn set_mmap_threshold(bytes: usize) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // A fixed threshold also fixes the trim threshold, which glibc otherwise raises with
-        // it: keep it at twice the mapping threshold, as glibc does, so freeing a window's
-        // buffers does not hand the heap's top back only to fault it in again.
-        // SAFETY: mallopt only changes allocator tuning; any value in range is valid.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, bytes.min(i32::MAX as usize) as i32);
-            mallopt(M_TRIM_THRESHOLD, (bytes * 2).min(i32::MAX as usize) as i32);
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = bytes;
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    // A fixed threshold also fixes the trim threshold, which glibc otherwise raises with it:
+    // keep it at twice the mapping threshold, as glibc does, so freeing a window's buffers
+    // does not hand the heap's top back only to fault it in again.
+    mallopt(M_MMAP_THRESHOLD, bytes);
+    mallopt(M_TRIM_THRESHOLD, bytes * 2);
 }
 
 /// Caps glibc's malloc arenas at one per core plus the main one. With glibc's default (up
@@ -119,21 +108,27 @@ pub fn set_mmap_threshold(bytes: usize) {
 /// allocations in that thread's arena: after an ingest that loaded the embedder three times
 /// the idle process kept 73-145 MiB. With a single arena the OCR workers (Tesseract
 /// allocates constantly) queue on its lock: ~10,000 context switches and 15% more wall time
-/// for 60 screenshots, against ~40 switches with an arena per worker.
+/// for 60 screenshots, against ~40 switches with an arena per worker. Call it before other
+/// threads start (the binary does, first thing).
 pub fn use_few_malloc_arenas(cores: usize) {
+    const M_ARENA_MAX: i32 = -8;
+    mallopt(M_ARENA_MAX, (cores + 1).min(64));
+}
+
+/// glibc's `mallopt` (allocator tuning; values past `i32::MAX` are capped); nothing elsewhere.
+fn mallopt(param: i32, value: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" {
             fn mallopt(param: i32, value: i32) -> i32;
         }
-        const M_ARENA_MAX: i32 = -8;
-        // SAFETY: mallopt only changes allocator tuning; called before other threads start.
+        // SAFETY: mallopt only changes allocator tuning; any value in range is valid.
         unsafe {
-            mallopt(M_ARENA_MAX, (cores + 1).min(64) as i32);
+            mallopt(param, value.min(i32::MAX as usize) as i32);
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = cores;
+    let _ = (param, value);
 }
 
 /// Hands freed heap memory back to the operating system, so RSS drops after a model is

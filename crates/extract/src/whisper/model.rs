@@ -63,12 +63,9 @@ impl Lin {
         }
     }
 
-    /// As [`Dense`] when the CPU runs bfloat16 products (and `MNEMA_SPEECH_DTYPE` does not
-    /// ask for q8 or f32); otherwise unchanged.
+    /// As bfloat16 [`Dense`] panels (f32 layers; others unchanged). Only for CPUs with
+    /// AVX-512 BF16 ([`speech_dtype`] decides).
     fn dense(self) -> Result<Lin> {
-        if speech_dtype() != SpeechDtype::Bf16 {
-            return Ok(self);
-        }
         Ok(match self {
             Lin::F32(l) => {
                 let (n, k) = l.weight().dims2()?;
@@ -266,8 +263,9 @@ fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
         fc1: linear(s, &format!("{p}/ffn/linear_0"))?,
         fc2: linear(s, &format!("{p}/ffn/linear_1"))?,
     };
+    let dtype = speech_dtype();
     if !decoder {
-        return Ok(match speech_dtype() {
+        return Ok(match dtype {
             SpeechDtype::F32 => b,
             SpeechDtype::Bf16 => Block { attn: Attn { q_or_qkv: b.attn.q_or_qkv.dense()?, kv: None, out: b.attn.out.dense()?, ln: b.attn.ln }, cross: None, mlp_ln: b.mlp_ln, fc1: b.fc1.dense()?, fc2: b.fc2.dense()? },
             SpeechDtype::Q8 => Block { attn: Attn { q_or_qkv: b.attn.q_or_qkv.quantized()?, kv: None, out: b.attn.out.quantized()?, ln: b.attn.ln }, cross: None, mlp_ln: b.mlp_ln, fc1: b.fc1.quantized()?, fc2: b.fc2.quantized()? },
@@ -275,7 +273,8 @@ fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
     }
     // Decoder: everything applied per token goes 8-bit; the cross-attention K/V projection
     // runs once per window over 1500 frames and stays wide (bfloat16 where the encoder is).
-    let cross = b.cross.map(|c| -> Result<Attn> { Ok(Attn { q_or_qkv: c.q_or_qkv.quantized()?, kv: c.kv.map(Lin::dense).transpose()?, out: c.out.quantized()?, ln: c.ln }) }).transpose()?;
+    let wide = |l: Lin| if dtype == SpeechDtype::Bf16 { l.dense() } else { Ok(l) };
+    let cross = b.cross.map(|c| -> Result<Attn> { Ok(Attn { q_or_qkv: c.q_or_qkv.quantized()?, kv: c.kv.map(wide).transpose()?, out: c.out.quantized()?, ln: c.ln }) }).transpose()?;
     Ok(Block {
         attn: Attn { q_or_qkv: b.attn.q_or_qkv.quantized()?, kv: None, out: b.attn.out.quantized()?, ln: b.attn.ln },
         cross,
