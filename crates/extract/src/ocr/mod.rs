@@ -7,6 +7,8 @@
 
 mod paddle;
 #[cfg(feature = "tesseract")]
+mod script;
+#[cfg(feature = "tesseract")]
 mod tesseract;
 
 use crate::{ExtractError, Result};

@@ -5,7 +5,9 @@
 use super::{EngineInfo, EngineOptions, OcrEngine, OcrLine};
 use crate::{ExtractError, Result};
 use image::GrayImage;
+use super::script;
 use std::collections::BTreeMap;
+use tesseract::plumbing::{tesseract_sys as sys, TessBaseApi};
 
 const TESSDATA: [&str; 2] = ["/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata"];
 
@@ -24,10 +26,21 @@ pub(super) fn info() -> EngineInfo {
     }
 }
 
-/// A warm engine. The API object is created once and reused for every image.
+/// A warm engine: one `TessBaseAPI`, created once and reused for every image.
+///
+/// Tesseract reads a line in its first language and, when the result is doubtful, again in
+/// the others, keeping the better words; the language that won is tried first on the next
+/// line. On a page whose lines alternate between Russian and English that guess is always
+/// wrong, and every line is read twice. So the page's lines are first sorted by script from
+/// their shapes ([`script`](super::script)); when the scripts alternate often, the Latin lines
+/// and the others are read as two pages (copies showing only those lines), so that the guess
+/// is right from the second line of each on. Lines whose script the shapes do not show go with
+/// the page's majority, and a wrong guess costs only the second reading Tesseract would have
+/// done anyway: the text is the same kind of reading, a line at a time, with fewer retries.
 pub(super) struct Tess {
-    api: Option<tesseract::Tesseract>,
-    opts: EngineOptions,
+    api: TessBaseApi,
+    /// Whether the languages mix Latin and Cyrillic scripts (only then is splitting useful).
+    mixed_scripts: bool,
 }
 
 // SAFETY: a TessBaseAPI has no thread affinity; it must only not be used by two threads at
@@ -36,21 +49,39 @@ unsafe impl Send for Tess {}
 
 impl Tess {
     pub(super) fn new(opts: &EngineOptions) -> Result<Tess> {
-        Ok(Tess { api: Some(init(opts)?), opts: opts.clone() })
+        let has = |l: &str| opts.languages.iter().any(|x| x == l);
+        Ok(Tess { api: init(&opts.languages.join("+"))?, mixed_scripts: has("eng") && has("rus") })
     }
 }
 
-fn init(opts: &EngineOptions) -> Result<tesseract::Tesseract> {
+fn init(langs: &str) -> Result<TessBaseApi> {
     let data = tessdata().ok_or_else(|| ExtractError::BadInput("tesseract: rus/eng traineddata not found".into()))?;
-    let langs = opts.languages.join("+");
-    let t = tesseract::Tesseract::new_with_oem(Some(data), Some(&langs), tesseract::OcrEngineMode::LstmOnly)
-        .map_err(|e| ExtractError::BadInput(format!("tesseract failed to load ({langs}): {e}")))?;
-    // Screenshots carry no resolution; a fixed one silences Tesseract's guessing and warnings.
-    let t = t.set_variable("debug_file", "/dev/null").map_err(|e| ExtractError::BadInput(format!("tesseract: {e}")))?;
+    let cstr = |s: &str| std::ffi::CString::new(s).map_err(|_| ExtractError::BadInput(format!("tesseract: bad setting {s:?}")));
+    let mut api = TessBaseApi::create();
+    api.init_4(Some(&cstr(data)?), Some(&cstr(langs)?), sys::TessOcrEngineMode_OEM_LSTM_ONLY)
+        .map_err(|_| ExtractError::BadInput(format!("tesseract failed to load {langs} from {data}")))?;
     // Dark themes are inverted before recognition (image.rs), so Tesseract's own second try
     // of each doubtful line in inverted colours is wasted time.
-    let t = t.set_variable("tessedit_do_invert", "0").map_err(|e| ExtractError::BadInput(format!("tesseract: {e}")))?;
-    Ok(t)
+    for (k, v) in [("debug_file", "/dev/null"), ("tessedit_do_invert", "0")] {
+        api.set_variable(&cstr(k)?, &cstr(v)?).map_err(|_| ExtractError::BadInput(format!("tesseract: cannot set {k}")))?;
+    }
+    // One uniform block of text, read top to bottom without column analysis: on the bench's
+    // screenshots both faster and more accurate than automatic layout (CER 0.0023 against
+    // 0.0072).
+    api.set_page_seg_mode(sys::TessPageSegMode_PSM_SINGLE_BLOCK);
+    Ok(api)
+}
+
+/// Reads a whole grey page: its lines, top to bottom.
+fn read(api: &mut TessBaseApi, img: &GrayImage) -> Result<Vec<OcrLine>> {
+    let (w, h) = (img.width() as i32, img.height() as i32);
+    let fail = |what: String| ExtractError::BadInput(format!("tesseract: {what}"));
+    api.set_image(img.as_raw(), w, h, 1, w).map_err(|e| fail(e.to_string()))?;
+    // Screenshots carry no resolution; a fixed one silences Tesseract's guessing and warnings.
+    api.set_source_resolution(144);
+    api.recognize().map_err(|_| fail("recognition failed".into()))?;
+    let tsv = api.get_tsv_text(0).map_err(|_| fail("no text output".into()))?;
+    Ok(parse_tsv(&tsv.as_ref().to_string_lossy()))
 }
 
 impl OcrEngine for Tess {
@@ -59,18 +90,16 @@ impl OcrEngine for Tess {
     }
 
     fn recognize(&mut self, img: &GrayImage) -> Result<Vec<OcrLine>> {
-        let api = match self.api.take() {
-            Some(a) => a,
-            None => init(&self.opts)?,
-        };
-        let (w, h) = (img.width() as i32, img.height() as i32);
-        let fail = |e: String| ExtractError::BadInput(format!("tesseract: {e}"));
-        // The builder API consumes the engine; on error it is re-created next time.
-        let api = api.set_frame(img.as_raw(), w, h, 1, w).map_err(|e| fail(e.to_string()))?.set_source_resolution(144);
-        let mut api = api.recognize().map_err(|e| fail(e.to_string()))?;
-        let tsv = api.get_tsv_text(0).map_err(|e| fail(e.to_string()))?;
-        self.api = Some(api);
-        Ok(parse_tsv(&tsv))
+        if !self.mixed_scripts {
+            return read(&mut self.api, img);
+        }
+        let bands = script::bands(img);
+        let Some(latin) = script::latin_split(&bands) else { return read(&mut self.api, img) };
+        let mut lines = read(&mut self.api, &script::only(img, &bands, |i| !latin[i]))?;
+        lines.extend(read(&mut self.api, &script::only(img, &bands, |i| latin[i]))?);
+        // Both halves come top to bottom; a stable sort by the line's middle interleaves them.
+        lines.sort_by_key(|l| l.bbox[1] + l.bbox[3] / 2);
+        Ok(lines)
     }
 }
 
@@ -133,5 +162,25 @@ mod tests {
         assert_eq!(lines[0].bbox, [10, 20, 300, 30]);
         assert!((lines[0].conf - 94.0).abs() < 1e-4);
         assert_eq!(lines[1].text, "42");
+    }
+
+    #[test]
+    fn alternating_scripts_are_read_in_two_halves_as_whole() {
+        if tessdata().is_none() {
+            panic!("Tesseract's rus/eng traineddata are missing (scripts/setup.sh installs them)");
+        }
+        let truth = ["Отменить подписку можно в настройках", "Search by meaning and by words", "Встреча перенесена на четверг", "Weather tomorrow: sunny, 21 degrees", "Новое сообщение от Анны Петровой", "Terminal: cargo build --release"];
+        let img = crate::ocr::script::tests::page(&truth, 24, "DejaVu-Sans", true);
+        let bands = script::bands(&img);
+        assert!(script::latin_split(&bands).is_some(), "this page is split: {bands:?}");
+        let mut tess = Tess::new(&EngineOptions::default()).unwrap();
+        let split = tess.recognize(&img).unwrap();
+        let whole = read(&mut tess.api, &img).unwrap();
+        // Every line, in order, with its own box in the page's coordinates.
+        assert_eq!(split.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), truth);
+        assert_eq!(split.len(), whole.len());
+        for (s, w) in split.iter().zip(&whole) {
+            assert!(s.bbox.iter().zip(w.bbox).all(|(a, b)| a.abs_diff(b) <= 2), "{:?} vs {:?}", s.bbox, w.bbox);
+        }
     }
 }
