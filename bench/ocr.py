@@ -84,12 +84,12 @@ print(f"{'engine':<62} {'images/s':>9} {'s/image':>8} {'CER':>7} {'WER':>7}")
 env = dict(os.environ, OMP_THREAD_LIMIT="1")
 
 
-def run_cli():
+def run_cli(extra=()):
     texts, times = {}, []
     t0 = time.perf_counter()
     for p, _, _ in images:
         t1 = time.perf_counter()
-        out = subprocess.run(["tesseract", p, "stdout", "-l", "rus+eng"], capture_output=True, text=True, env=env)
+        out = subprocess.run(["tesseract", p, "stdout", "-l", "rus+eng", *extra], capture_output=True, text=True, env=env)
         times.append(time.perf_counter() - t1)
         texts[p] = "\n".join(l for l in out.stdout.splitlines() if l.strip())
     return texts, time.perf_counter() - t0, statistics.median(times)
@@ -119,6 +119,9 @@ cli = summary(f"tesseract CLI (rus+eng, OMP_THREAD_LIMIT=1, best of {repeat})", 
 texts, wall = min(fast_runs, key=lambda r: r[1])
 fast = summary(f"mnema tesseract (warm, 2 workers, preprocessing, best of {repeat})", texts, wall)
 print(f"  (all passes, images/s: CLI {', '.join(f'{len(images) / r[1]:.2f}' for r in cli_runs)}; mnema {', '.join(f'{len(images) / r[1]:.2f}' for r in fast_runs)})", flush=True)
+# For reference: the CLI reading each page as one block, as mnema's engine does.
+t, w, m = run_cli(["--psm", "6"])
+summary("tesseract CLI --psm 6 (one pass)", t, w, m)
 runs = {"auto": (texts, wall)}
 for mode in ["none", "invert", "upscale"]:
     t, w = run_mnema("tesseract", {"MNEMA_OCR_PREPROCESS": mode})
