@@ -44,7 +44,7 @@ const CYRILLIC_UPTO: f64 = 0.16;
 
 /// Pages larger than this (a 4K screen) are not analysed: their masks would cost more
 /// memory than the engine's budget allows for, and they are read whole.
-pub(super) const MAX_PIXELS: usize = 9_000_000;
+const MAX_PIXELS: usize = 9_000_000;
 
 /// The page's text bands, top to bottom. The image is grey with dark text on a light ground
 /// (`prepare_for_ocr` inverts dark themes); the ink is whichever side of Otsu's threshold
