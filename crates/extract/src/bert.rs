@@ -274,12 +274,12 @@ pub(crate) fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, p
         if precision == Precision::Bf16 {
             sc.q.clear();
             sc.q.extend((0..len).flat_map(|i| q[i * rs..i * rs + hd].iter().map(|x| x * scale)));
-            let kb = crate::dense::pack_panels(len, hd, false, |j, d| k[j * rs + d]);
-            crate::dense::matmul_t_serial(&sc.q, hd, len, hd, &kb, len, &mut sc.p, len, &mut sc.tiles);
+            crate::dense::pack_panels_into(&mut sc.kv, len, hd, false, |j, d| k[j * rs + d]);
+            crate::dense::matmul_t_serial(&sc.q, hd, len, hd, &sc.kv, len, &mut sc.p, len, &mut sc.tiles);
             let inv = softmax_rows(&mut sc.p, len);
-            let vb = crate::dense::pack_panels(hd, len, false, |c, j| v[j * rs + c]);
+            crate::dense::pack_panels_into(&mut sc.kv, hd, len, false, |c, j| v[j * rs + c]);
             sc.o.resize(len * hd, 0.0);
-            crate::dense::matmul_t_serial(&sc.p, len, len, len, &vb, hd, &mut sc.o, hd, &mut sc.tiles);
+            crate::dense::matmul_t_serial(&sc.p, len, len, len, &sc.kv, hd, &mut sc.o, hd, &mut sc.tiles);
             for (i, (row, inv)) in sc.o.chunks_exact(hd).zip(&inv).enumerate() {
                 // SAFETY: row i of this (sequence, head) block: hd cells at
                 // (starts[s] + i)·h + head·hd inside ctx, written by this task only.
@@ -314,6 +314,8 @@ struct Scratch {
     p: Vec<f32>,
     q: Vec<f32>,
     o: Vec<f32>,
+    /// K, then V, packed as bf16 panels.
+    kv: Vec<u32>,
     tiles: (Vec<u32>, Vec<u32>),
 }
 

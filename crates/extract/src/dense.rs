@@ -198,8 +198,16 @@ unsafe fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bia
 /// Packs `n` rows of depth `k` (element `get(row, depth)`) as bf16 pairs in NR-row panels,
 /// zero past `n` and `k`; on all cores when `parallel`.
 pub(crate) fn pack_panels(n: usize, k: usize, parallel: bool, get: impl Fn(usize, usize) -> f32 + Sync) -> Vec<u32> {
+    let mut packed = Vec::new();
+    pack_panels_into(&mut packed, n, k, parallel, get);
+    packed
+}
+
+/// [`pack_panels`] into a reused buffer (attention packs K and V per task).
+pub(crate) fn pack_panels_into(packed: &mut Vec<u32>, n: usize, k: usize, parallel: bool, get: impl Fn(usize, usize) -> f32 + Sync) {
     let kp = k.div_ceil(2);
-    let mut packed = vec![0u32; n.div_ceil(NR) * kp * NR];
+    packed.clear();
+    packed.resize(n.div_ceil(NR) * kp * NR, 0u32);
     let fill = |(j, panel): (usize, &mut [u32])| {
         for c in 0..NR.min(n - j * NR) {
             let row = j * NR + c;
@@ -214,7 +222,6 @@ pub(crate) fn pack_panels(n: usize, k: usize, parallel: bool, get: impl Fn(usize
     } else {
         packed.chunks_mut(kp * NR).enumerate().for_each(fill);
     }
-    packed
 }
 
 /// Packs rows `first..first + rows` of `x` (row stride `lda`, depth `k`) into one MR-row tile
