@@ -264,23 +264,23 @@ fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
         fc2: linear(s, &format!("{p}/ffn/linear_1"))?,
     };
     let dtype = speech_dtype();
-    if !decoder {
-        return Ok(match dtype {
-            SpeechDtype::F32 => b,
-            SpeechDtype::Bf16 => Block { attn: Attn { q_or_qkv: b.attn.q_or_qkv.dense()?, kv: None, out: b.attn.out.dense()?, ln: b.attn.ln }, cross: None, mlp_ln: b.mlp_ln, fc1: b.fc1.dense()?, fc2: b.fc2.dense()? },
-            SpeechDtype::Q8 => Block { attn: Attn { q_or_qkv: b.attn.q_or_qkv.quantized()?, kv: None, out: b.attn.out.quantized()?, ln: b.attn.ln }, cross: None, mlp_ln: b.mlp_ln, fc1: b.fc1.quantized()?, fc2: b.fc2.quantized()? },
-        });
-    }
+    // Encoder: every product runs over 1500 frames at once, in the chosen arithmetic.
     // Decoder: everything applied per token goes 8-bit; the cross-attention K/V projection
     // runs once per window over 1500 frames and stays wide (bfloat16 where the encoder is).
+    let lin = |l: Lin| match dtype {
+        _ if decoder => l.quantized(),
+        SpeechDtype::Bf16 => l.dense(),
+        SpeechDtype::Q8 => l.quantized(),
+        SpeechDtype::F32 => Ok(l),
+    };
     let wide = |l: Lin| if dtype == SpeechDtype::Bf16 { l.dense() } else { Ok(l) };
     let cross = b.cross.map(|c| -> Result<Attn> { Ok(Attn { q_or_qkv: c.q_or_qkv.quantized()?, kv: c.kv.map(wide).transpose()?, out: c.out.quantized()?, ln: c.ln }) }).transpose()?;
     Ok(Block {
-        attn: Attn { q_or_qkv: b.attn.q_or_qkv.quantized()?, kv: None, out: b.attn.out.quantized()?, ln: b.attn.ln },
+        attn: Attn { q_or_qkv: lin(b.attn.q_or_qkv)?, kv: None, out: lin(b.attn.out)?, ln: b.attn.ln },
         cross,
         mlp_ln: b.mlp_ln,
-        fc1: b.fc1.quantized()?,
-        fc2: b.fc2.quantized()?,
+        fc1: lin(b.fc1)?,
+        fc2: lin(b.fc2)?,
     })
 }
 
