@@ -197,16 +197,17 @@ pub(super) fn latin_split(bands: &[Band]) -> Option<Vec<bool>> {
     Some(bands.iter().map(|b| b.likely().map_or(latin_majority, |s| s == Script::Latin)).collect())
 }
 
-/// A copy of `img` showing only the bands `keep` selects; the other bands are painted over
-/// with the page's background (the median grey).
-pub(super) fn only(img: &GrayImage, bands: &[Band], keep: impl Fn(usize) -> bool) -> GrayImage {
+/// The page as two copies: the first shows only the bands `latin` leaves unmarked, the
+/// second only the marked ones; each hides the other's bands under the page's background
+/// (the median grey).
+pub(super) fn halves(img: &GrayImage, bands: &[Band], latin: &[bool]) -> [GrayImage; 2] {
     let mut values: Vec<u8> = img.as_raw().iter().step_by(7).copied().collect();
     let mid = values.len() / 2;
     let ground = if values.is_empty() { 255 } else { *values.select_nth_unstable(mid).1 };
-    let mut out = img.clone();
     let w = img.width() as usize;
-    for (_, b) in bands.iter().enumerate().filter(|&(i, _)| !keep(i)) {
-        out.as_mut()[b.top as usize * w..b.bottom as usize * w].fill(ground);
+    let mut out = [img.clone(), img.clone()];
+    for (b, &is_latin) in bands.iter().zip(latin) {
+        out[usize::from(!is_latin)].as_mut()[b.top as usize * w..b.bottom as usize * w].fill(ground);
     }
     out
 }
@@ -290,7 +291,8 @@ pub(super) mod tests {
     fn hidden_bands_take_the_background() {
         let img = page(&["Встреча перенесена на четверг", "Search by meaning and by words"], 24, "DejaVu-Sans", false);
         let bands = bands(&img);
-        let latin = only(&img, &bands, |i| bands[i].script == Some(Script::Latin));
+        let marks: Vec<bool> = bands.iter().map(|b| b.script == Some(Script::Latin)).collect();
+        let [_, latin] = halves(&img, &bands, &marks);
         let w = img.width() as usize;
         let (first, second) = (&bands[0], &bands[1]);
         assert!(latin.as_raw()[first.top as usize * w..first.bottom as usize * w].iter().all(|&p| p > 200), "the Cyrillic line is gone");

@@ -95,8 +95,9 @@ impl OcrEngine for Tess {
         }
         let bands = script::bands(img);
         let Some(latin) = script::latin_split(&bands) else { return read(&mut self.api, img) };
-        let mut lines = read(&mut self.api, &script::only(img, &bands, |i| !latin[i]))?;
-        lines.extend(read(&mut self.api, &script::only(img, &bands, |i| latin[i]))?);
+        let [others, latin] = script::halves(img, &bands, &latin);
+        let mut lines = read(&mut self.api, &others)?;
+        lines.extend(read(&mut self.api, &latin)?);
         // Both halves come top to bottom; a stable sort by the line's middle interleaves them.
         lines.sort_by_key(|l| l.bbox[1] + l.bbox[3] / 2);
         Ok(lines)
