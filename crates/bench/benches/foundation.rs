@@ -26,7 +26,11 @@ fn main() {
     // and are reused instead of being mapped and faulted in on every batch.
     mnema_models::set_mmap_threshold(32 << 20);
     let tmp = tempfile::tempdir().unwrap();
-    println!("mnema foundation benchmark — {} cores, {}", std::thread::available_parallelism().map_or(1, |n| n.get()), std::env::consts::ARCH);
+    println!(
+        "mnema foundation benchmark — {} cores, {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        std::env::consts::ARCH
+    );
     if std::env::var("MNEMA_BENCH_SKIP_EMBED").is_err() {
         embeddings(tmp.path());
     }
@@ -97,7 +101,12 @@ fn embeddings(tmp: &Path) {
             let ours = m_vecs.iter().chain(&m_long_vecs);
             let coss: Vec<f32> = ours.zip(pv.chunks_exact(384)).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect();
             let min = coss.iter().copied().fold(f32::INFINITY, f32::min);
-            (format!("{:.1}", v["short_per_s"].as_f64().unwrap_or(0.0)), format!("{:.1}", v["long_per_s"].as_f64().unwrap_or(0.0)), format!("{:.0} MB", v["peak_rss_mb"].as_f64().unwrap_or(0.0)), format!("{min:.5} (n={})", coss.len()))
+            (
+                format!("{:.1}", v["short_per_s"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}", v["long_per_s"].as_f64().unwrap_or(0.0)),
+                format!("{:.0} MB", v["peak_rss_mb"].as_f64().unwrap_or(0.0)),
+                format!("{min:.5} (n={})", coss.len()),
+            )
         }
         Err(e) => (format!("n/a: {e}"), "n/a".into(), "n/a".into(), "n/a".into()),
     };
@@ -108,7 +117,12 @@ fn embeddings(tmp: &Path) {
     println!("{:<44} {:>18} {:>24}", "min cosine to the peer's vectors (short+long)", cos, "");
     println!("{:<44} {:>18.1} {:>24}", "multilingual-e5-small q4, short sentences/s", e_short, "—");
     println!("{:<44} {:>18.1} {:>24}", "multilingual-e5-small q4, 256-token texts/s", e_long, "—");
-    println!("{:<44} {:>18} {:>24}", "multilingual-e5-small, one query p50/p99 ms", format!("{:.1}/{:.1}", percentile(&q_ms, 50.0), percentile(&q_ms, 99.0)), "—");
+    println!(
+        "{:<44} {:>18} {:>24}",
+        "multilingual-e5-small, one query p50/p99 ms",
+        format!("{:.1}/{:.1}", percentile(&q_ms, 50.0), percentile(&q_ms, 99.0)),
+        "—"
+    );
     std::io::stdout().flush().ok();
 }
 
@@ -160,7 +174,14 @@ fn search_latency(tmp: &Path) {
             let rows: Vec<(NewItem, mnema_store::EmbeddedChunks)> = (start..(start + per).min(n))
                 .map(|i| {
                     let text = vocab.text(&mut rng, 40);
-                    let item = NewItem { path: format!("/bench/{i}.md"), kind: Kind::Note, sha256: format!("{i:064}"), size: 1, mtime: i as i64, meta: serde_json::Value::Null };
+                    let item = NewItem {
+                        path: format!("/bench/{i}.md"),
+                        kind: Kind::Note,
+                        sha256: format!("{i:064}"),
+                        size: 1,
+                        mtime: i as i64,
+                        meta: serde_json::Value::Null,
+                    };
                     let c = Chunk { seq: 0, end: text.len() as u32, text, start: 0, start_ms: None, end_ms: None };
                     (item, vec![(c, vecs[i].clone())])
                 })
@@ -177,7 +198,8 @@ fn search_latency(tmp: &Path) {
 
         let queries = synthetic_vectors(&mut rng, 200, &centroids);
         // Queries of 2-3 content words (see Vocab::query_word).
-        let texts: Vec<String> = (0..200).map(|i| (0..2 + i % 2).map(|_| vocab.query_word(&mut rng)).collect::<Vec<_>>().join(" ")).collect();
+        let texts: Vec<String> =
+            (0..200).map(|i| (0..2 + i % 2).map(|_| vocab.query_word(&mut rng)).collect::<Vec<_>>().join(" ")).collect();
         let q = |i: usize, mode| SearchQuery { text: texts[i].clone(), mode, filters: Filters::default(), limit: 10 };
         let kw = time_ms(200, |i| {
             search_with_vector(&mut store, None, &q(i, SearchMode::Keyword)).unwrap();
@@ -192,7 +214,8 @@ fn search_latency(tmp: &Path) {
         // Recall against exact brute force over the same vectors (keys are chunk ids 1..=n).
         let mut found = 0;
         for (qi, a) in queries.iter().zip(&approx) {
-            let mut exact: Vec<(usize, f32)> = vecs.iter().enumerate().map(|(i, v)| (i + 1, v.iter().zip(qi).map(|(x, y)| x * y).sum())).collect();
+            let mut exact: Vec<(usize, f32)> =
+                vecs.iter().enumerate().map(|(i, v)| (i + 1, v.iter().zip(qi).map(|(x, y)| x * y).sum())).collect();
             exact.select_nth_unstable_by(9, |a, b| b.1.total_cmp(&a.1));
             let top: std::collections::HashSet<i64> = exact[..10].iter().map(|e| e.0 as i64).collect();
             found += a.iter().filter(|(k, _)| top.contains(k)).count();
@@ -209,7 +232,17 @@ fn search_latency(tmp: &Path) {
             Err(e) => format!("n/a: {e}"),
         };
         let pp = |s: &[f64]| format!("{:.2}/{:.2}", percentile(s, 50.0), percentile(s, 99.0));
-        println!("{:>9} {:>10.1} {:>16} {:>16} {:>16} {:>10.3} {:>18} {:>9.0}", n, build, pp(&kw), pp(&vec_t), pp(&hy), recall, numpy, index_mb);
+        println!(
+            "{:>9} {:>10.1} {:>16} {:>16} {:>16} {:>10.3} {:>18} {:>9.0}",
+            n,
+            build,
+            pp(&kw),
+            pp(&vec_t),
+            pp(&hy),
+            recall,
+            numpy,
+            index_mb
+        );
         std::io::stdout().flush().ok();
         drop(store);
         let _ = std::fs::remove_dir_all(&home);

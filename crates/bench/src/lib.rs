@@ -60,7 +60,10 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
 /// Peak and current resident memory of this process, bytes (Linux /proc).
 pub fn rss() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+    let kb = |k: &str| {
+        s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            * 1024
+    };
     (kb("VmHWM:"), kb("VmRSS:"))
 }
 
@@ -76,9 +79,9 @@ pub fn models() -> PathBuf {
 
 /// The Python interpreter that has the peers installed (bench/setup-peers.sh), if any.
 pub fn peer_python() -> Option<PathBuf> {
-    let p = std::env::var_os("MNEMA_PEER_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mnema-pyref/bin/python")
-    });
+    let p = std::env::var_os("MNEMA_PEER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mnema-pyref/bin/python"));
     p.is_file().then_some(p)
 }
 
@@ -103,12 +106,78 @@ pub fn run_peer(script: &str, args: &[&Path]) -> Result<serde_json::Value, Strin
 
 /// Mixed Russian/English words for synthetic text.
 pub const WORDS: &[&str] = &[
-    "заметка", "подписка", "векторный", "поиск", "память", "модель", "скриншот", "голос", "запись", "идея", "встреча",
-    "проект", "рецепт", "борщ", "сад", "поливать", "вечер", "отчёт", "выручка", "бюджет", "ноутбук", "индекс", "файл",
-    "note", "subscription", "vector", "search", "memory", "model", "screenshot", "voice", "memo", "idea", "meeting",
-    "project", "recipe", "garden", "water", "evening", "report", "revenue", "budget", "laptop", "index", "file", "the",
-    "and", "with", "for", "about", "в", "и", "на", "для", "по", "что", "как", "quarterly", "ranking", "fusion", "token",
-    "neighbour", "graph", "storage", "engine", "batch", "stream", "chunk", "embedding", "language", "russian", "english",
+    "заметка",
+    "подписка",
+    "векторный",
+    "поиск",
+    "память",
+    "модель",
+    "скриншот",
+    "голос",
+    "запись",
+    "идея",
+    "встреча",
+    "проект",
+    "рецепт",
+    "борщ",
+    "сад",
+    "поливать",
+    "вечер",
+    "отчёт",
+    "выручка",
+    "бюджет",
+    "ноутбук",
+    "индекс",
+    "файл",
+    "note",
+    "subscription",
+    "vector",
+    "search",
+    "memory",
+    "model",
+    "screenshot",
+    "voice",
+    "memo",
+    "idea",
+    "meeting",
+    "project",
+    "recipe",
+    "garden",
+    "water",
+    "evening",
+    "report",
+    "revenue",
+    "budget",
+    "laptop",
+    "index",
+    "file",
+    "the",
+    "and",
+    "with",
+    "for",
+    "about",
+    "в",
+    "и",
+    "на",
+    "для",
+    "по",
+    "что",
+    "как",
+    "quarterly",
+    "ranking",
+    "fusion",
+    "token",
+    "neighbour",
+    "graph",
+    "storage",
+    "engine",
+    "batch",
+    "stream",
+    "chunk",
+    "embedding",
+    "language",
+    "russian",
+    "english",
 ];
 
 /// A sentence of `n` words drawn with a skew towards the start of [`WORDS`] (Zipf-like).

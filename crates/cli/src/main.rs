@@ -26,7 +26,9 @@ pub mod exit {
 /// meaning or by words, in Russian or English. Everything stays on this machine.
 #[derive(Parser, Debug)]
 #[command(name = "mnema", version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "Examples:\n  mnema ingest ~/notes\n  mnema search \"как приготовить борщ\"\n  mnema --json search \"beet soup recipe\" --limit 5\n  mnema doctor")]
+#[command(
+    after_help = "Examples:\n  mnema ingest ~/notes\n  mnema search \"как приготовить борщ\"\n  mnema --json search \"beet soup recipe\" --limit 5\n  mnema doctor"
+)]
 pub struct Cli {
     /// Data directory (database, vector index). Default: $MNEMA_HOME, else $XDG_DATA_HOME/mnema.
     #[arg(long, global = true, value_name = "DIR")]

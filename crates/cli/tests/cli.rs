@@ -309,7 +309,12 @@ fn bfloat16_and_f32_paths_agree() {
         let o = env.cmd().env("MNEMA_DENSE", dense).args(["--json", "embed"]).args(texts).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["vectors"].as_array().unwrap().iter().map(|x| x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap() as f32).collect()).collect()
+        v["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap() as f32).collect())
+            .collect()
     };
     let (fast, exact) = (embed("auto"), embed("f32"));
     assert_eq!(fast.len(), texts.len());
@@ -407,7 +412,13 @@ fn screenshots_are_found_by_their_text_with_boxes() {
     screenshot(&dir.join("editor.png"), &["Идеи по векторизации заметок", "Vector index: HNSW, 384 dims"], true);
     screenshot(&dir.join("weather.png"), &["Weather tomorrow: sunny, 21 degrees", "Погода на завтра: солнечно"], false);
     // A near-identical copy (one corner pixel block differs): linked, not OCRed again.
-    assert!(Command::new("convert").arg(dir.join("settings.png")).args(["-fill", "#fefefe", "-draw", "rectangle 990,250 999,259"]).arg(dir.join("settings-again.png")).status().unwrap().success());
+    assert!(Command::new("convert")
+        .arg(dir.join("settings.png"))
+        .args(["-fill", "#fefefe", "-draw", "rectangle 990,250 999,259"])
+        .arg(dir.join("settings-again.png"))
+        .status()
+        .unwrap()
+        .success());
     // Bad ones.
     std::fs::write(dir.join("broken.png"), b"not really a png").unwrap();
     std::fs::write(dir.join("empty.png"), b"").unwrap();
@@ -443,7 +454,9 @@ fn screenshots_are_found_by_their_text_with_boxes() {
     assert!(b[1] > 80 && b[1] + b[3] < 260 && b[0] + b[2] <= 1000, "second line's box: {b:?}");
     // Whichever of the pair came first was OCRed; the other points at it.
     let ids: Vec<i64> = ["settings-again.png", "settings.png"].iter().map(|n| by_name(&lines, n)["id"].as_i64().unwrap()).collect();
-    let meta = |id: i64| -> Value { serde_json::from_slice::<Value>(&env.run(&["--json", "show", &id.to_string()]).stdout).unwrap()["item"]["meta"].clone() };
+    let meta = |id: i64| -> Value {
+        serde_json::from_slice::<Value>(&env.run(&["--json", "show", &id.to_string()]).stdout).unwrap()["item"]["meta"].clone()
+    };
     let links: Vec<Option<i64>> = ids.iter().map(|&id| meta(id)["near_duplicate_of"].as_i64()).collect();
     assert!(links == vec![None, Some(ids[0])] || links == vec![Some(ids[1]), None], "{links:?}");
     // Rerun: all unchanged.
@@ -463,7 +476,10 @@ fn ocr_command_reports_text_boxes_time_and_error_rates() {
     assert_eq!(v["engine"], "tesseract");
     assert_eq!(v["lines"].as_array().unwrap().len(), 2);
     assert_eq!(v["text"], "Привет, world 42\nSecond line here");
-    assert!(v["cer"].as_f64().unwrap() < 0.05 && v["elapsed_ms"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        v["cer"].as_f64().unwrap() < 0.05 && v["elapsed_ms"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     assert!(v["lines"][0]["conf"].as_f64().unwrap() > 50.0);
     // --compare runs both engines that run here; PaddleOCR reads the English line (it has no
     // Cyrillic model, so the Russian words are not checked) and boxes it.
@@ -488,7 +504,11 @@ fn ocr_command_reports_text_boxes_time_and_error_rates() {
     std::fs::create_dir_all(&empty).unwrap();
     let o = env.cmd_models(&empty).args(["ocr", img.to_str().unwrap(), "--engine", "paddle-ocr"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("paddle-ocr is unavailable") && String::from_utf8_lossy(&o.stderr).contains("setup.sh"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("paddle-ocr is unavailable") && String::from_utf8_lossy(&o.stderr).contains("setup.sh"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = env.run(&["ocr", img.to_str().unwrap(), "--engine", "apple-vision"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("macOS only"));
@@ -504,7 +524,14 @@ fn ocr_command_reports_text_boxes_time_and_error_rates() {
 fn voice_memo(path: &Path, text: &str, before: f32) {
     let raw = path.with_extension("raw.wav");
     assert!(Command::new("espeak-ng").args(["-v", "en", "-s", "150", "-w"]).arg(&raw).arg(text).status().unwrap().success());
-    assert!(Command::new("sox").arg(&raw).args(["-r", "16000", "-c", "1"]).arg(path).args(["pad", &before.to_string(), "0.5"]).status().unwrap().success());
+    assert!(Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "16000", "-c", "1"])
+        .arg(path)
+        .args(["pad", &before.to_string(), "0.5"])
+        .status()
+        .unwrap()
+        .success());
     std::fs::remove_file(raw).unwrap();
 }
 
@@ -516,10 +543,22 @@ fn voice_memos_are_found_by_what_was_said_at_the_right_second() {
     voice_memo(&dir.join("ideas.wav"), "My ideas about vectorization: store every note as an embedding and search by meaning.", 6.0);
     voice_memo(&dir.join("shopping.wav"), "Remember to buy milk, bread and apples on the way home.", 1.0);
     // The same memo as MP3: transcribed from its own bytes.
-    assert!(Command::new("ffmpeg").args(["-y", "-loglevel", "error", "-i"]).arg(dir.join("shopping.wav")).arg(dir.join("shopping-copy.mp3")).status().unwrap().success());
+    assert!(Command::new("ffmpeg")
+        .args(["-y", "-loglevel", "error", "-i"])
+        .arg(dir.join("shopping.wav"))
+        .arg(dir.join("shopping-copy.mp3"))
+        .status()
+        .unwrap()
+        .success());
     std::fs::write(dir.join("broken.m4a"), vec![3u8; 4096]).unwrap();
     std::fs::write(dir.join("empty.ogg"), b"").unwrap();
-    assert!(Command::new("sox").args(["-n", "-r", "16000", "-c", "1"]).arg(dir.join("quiet.wav")).args(["trim", "0", "12"]).status().unwrap().success());
+    assert!(Command::new("sox")
+        .args(["-n", "-r", "16000", "-c", "1"])
+        .arg(dir.join("quiet.wav"))
+        .args(["trim", "0", "12"])
+        .status()
+        .unwrap()
+        .success());
 
     let o = env.run(&["--json", "ingest", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
@@ -615,7 +654,8 @@ impl Server {
     fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n", self.addr, body.len());
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n", self.addr, body.len());
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -690,7 +730,9 @@ fn http_api_over_a_real_store() {
     let audio_id = v["hits"][0]["id"].as_i64().unwrap();
     let image_id = hit["id"].as_i64().unwrap();
     // Malformed queries: 400 with a JSON reason.
-    for bad in ["/api/search", "/api/search?q=", "/api/search?q=x&mode=fuzzy", "/api/search?q=x&kind=video", "/api/search?q=x&since=yesterday"] {
+    for bad in
+        ["/api/search", "/api/search?q=", "/api/search?q=x&mode=fuzzy", "/api/search?q=x&kind=video", "/api/search?q=x&since=yesterday"]
+    {
         let (st, v) = srv.get_json(bad);
         assert_eq!(st, 400, "{bad}: {v}");
         assert!(v["error"].is_string(), "{bad}");
@@ -714,8 +756,13 @@ fn http_api_over_a_real_store() {
     assert!(h.contains("content-range: bytes 10-19/"), "{h}");
     let (st, h, b) = srv.req("GET", &format!("/api/files/{image_id}?thumb=1"), &[], b"");
     assert_eq!(st, 200);
-    assert!(h.contains("image/png") && b.len() < std::fs::metadata(dir.join("settings.png")).unwrap().len() as usize, "thumbnail is smaller");
-    for bad in ["/api/files/..%2F..%2F..%2Fetc%2Fpasswd", "/api/files/../../etc/passwd", "/api/files/%2Fetc%2Fpasswd", "/..%2f..%2fetc/passwd"] {
+    assert!(
+        h.contains("image/png") && b.len() < std::fs::metadata(dir.join("settings.png")).unwrap().len() as usize,
+        "thumbnail is smaller"
+    );
+    for bad in
+        ["/api/files/..%2F..%2F..%2Fetc%2Fpasswd", "/api/files/../../etc/passwd", "/api/files/%2Fetc%2Fpasswd", "/..%2f..%2fetc/passwd"]
+    {
         let (st, _, b) = srv.req("GET", bad, &[], b"");
         assert!(st == 404 || st == 400, "{bad}: {st}");
         assert!(!String::from_utf8_lossy(&b).contains("root:"), "{bad} leaked a system file");
@@ -734,7 +781,10 @@ fn http_api_over_a_real_store() {
     let events = String::from_utf8_lossy(&events);
     assert_eq!(events.matches("event: progress").count(), 2, "{events}");
     assert!(events.contains("event: done") && events.contains("\"failed\":1"), "{events}");
-    assert!(srv.get_json("/api/search?q=%D0%B1%D0%B8%D0%BB%D0%B5%D1%82%D1%8B&mode=keyword").1["hits"][0]["path"].as_str().unwrap().ends_with("plan.md"));
+    assert!(srv.get_json("/api/search?q=%D0%B1%D0%B8%D0%BB%D0%B5%D1%82%D1%8B&mode=keyword").1["hits"][0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("plan.md"));
     for bad in [&b"{not json"[..], b"{\"paths\": []}", b"{\"paths\": 5}"] {
         let (st, _, b) = srv.req("POST", "/api/ingest", &[("Content-Type", "application/json")], bad);
         assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
@@ -766,7 +816,12 @@ fn http_api_over_a_real_store() {
     let (st, _, b2) = srv2(&env).req("POST", "/api/transcribe?name=memo.wav&language=en", &[], &wav);
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b2));
     let t: Value = serde_json::from_slice(&b2).unwrap();
-    assert!(t["text"].as_str().unwrap().to_lowercase().contains("ideas about") && t["text"].as_str().unwrap().contains("embedding") && t["segments"].as_array().is_some_and(|s| !s.is_empty()), "{t}");
+    assert!(
+        t["text"].as_str().unwrap().to_lowercase().contains("ideas about")
+            && t["text"].as_str().unwrap().contains("embedding")
+            && t["segments"].as_array().is_some_and(|s| !s.is_empty()),
+        "{t}"
+    );
     let _ = b;
     let (st, v) = small.get_json("/api/models");
     assert!(st == 200 && v["models"].as_array().unwrap().iter().any(|m| m["name"] == "whisper-base"), "{v}");

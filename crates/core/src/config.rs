@@ -43,9 +43,8 @@ impl Config {
     /// Resolves the configuration from explicit overrides and the environment.
     pub fn resolve(home: Option<PathBuf>, models: Option<PathBuf>) -> Config {
         let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let home = home
-            .or_else(|| env("MNEMA_HOME"))
-            .unwrap_or_else(|| dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("mnema"));
+        let home =
+            home.or_else(|| env("MNEMA_HOME")).unwrap_or_else(|| dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("mnema"));
         let home = absolute(&home);
         let models_dir = models.or_else(|| env("MNEMA_MODELS")).map(|p| absolute(&p)).unwrap_or_else(|| {
             let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
@@ -55,10 +54,7 @@ impl Config {
                 .unwrap_or_else(|| home.join("models"))
         });
         let embedder = std::env::var("MNEMA_EMBEDDER").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_EMBEDDER.to_string());
-        let max_note_size = std::env::var("MNEMA_MAX_FILE_SIZE")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(ByteSize(10 << 20));
+        let max_note_size = std::env::var("MNEMA_MAX_FILE_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(ByteSize(10 << 20));
         let var = |k: &str, d: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| d.to_string());
         let max_audio_size = std::env::var("MNEMA_MAX_AUDIO_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(ByteSize(2 << 30));
         Config {

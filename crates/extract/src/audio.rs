@@ -88,7 +88,10 @@ impl AudioStream {
         let resampler = if in_rate == SAMPLE_RATE {
             None
         } else {
-            Some(Fft::<f32>::new(in_rate as usize, SAMPLE_RATE as usize, CHUNK, 1, FixedSync::Input).map_err(|e| bad(format!("cannot resample from {in_rate} Hz: {e}")))?)
+            Some(
+                Fft::<f32>::new(in_rate as usize, SAMPLE_RATE as usize, CHUNK, 1, FixedSync::Input)
+                    .map_err(|e| bad(format!("cannot resample from {in_rate} Hz: {e}")))?,
+            )
         };
         let delay_left = resampler.as_ref().map_or(0, |r| r.output_delay());
         Ok(AudioStream {

@@ -176,7 +176,10 @@ impl Bert {
         let weight_bytes = word_bytes
             + (pos.len() + type0.len()) * 4
             + norm_bytes(&ln)
-            + layers.iter().map(|l| l.qkv.bytes() + l.out.bytes() + l.ffn_in.bytes() + l.ffn_out.bytes() + norm_bytes(&l.ln1) + norm_bytes(&l.ln2)).sum::<usize>();
+            + layers
+                .iter()
+                .map(|l| l.qkv.bytes() + l.out.bytes() + l.ffn_in.bytes() + l.ffn_out.bytes() + norm_bytes(&l.ln1) + norm_bytes(&l.ln2))
+                .sum::<usize>();
         Bert { shape, word, pos, type0, ln, layers, weight_bytes }
     }
 
@@ -293,13 +296,53 @@ pub(crate) fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, p
         // hd ≤ h floats, all inside `qkv`; p is a len×len row-major buffer owned here.
         unsafe {
             // p = scale · q·kᵀ
-            gemm::gemm(len, len, hd, sc.p.as_mut_ptr(), 1, len as isize, false, q.as_ptr(), 1, rs, k.as_ptr(), rs, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
+            gemm::gemm(
+                len,
+                len,
+                hd,
+                sc.p.as_mut_ptr(),
+                1,
+                len as isize,
+                false,
+                q.as_ptr(),
+                1,
+                rs,
+                k.as_ptr(),
+                rs,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
         let inv = softmax_rows(&mut sc.p, len);
         // SAFETY: as above; the output block is rows starts[s].. of ctx (row stride h),
         // columns head·hd..(head+1)·hd, written by this task only.
         unsafe {
-            gemm::gemm(len, hd, len, ctx_at, 1, h as isize, false, sc.p.as_ptr(), 1, len as isize, v.as_ptr(), 1, rs, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            gemm::gemm(
+                len,
+                hd,
+                len,
+                ctx_at,
+                1,
+                h as isize,
+                false,
+                sc.p.as_ptr(),
+                1,
+                len as isize,
+                v.as_ptr(),
+                1,
+                rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
             for (i, inv) in inv.iter().enumerate() {
                 std::slice::from_raw_parts_mut(ctx_at.add(i * h), hd).iter_mut().for_each(|x| *x *= inv);
             }
@@ -427,7 +470,8 @@ mod tests {
         // Naive reference for sequence 0, head 1, token 2.
         let hd = 2;
         let q = &qkv[2 * 3 * h + hd..2 * 3 * h + 2 * hd];
-        let scores: Vec<f32> = (0..3).map(|j| q.iter().zip(&qkv[j * 3 * h + h + hd..]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()).collect();
+        let scores: Vec<f32> =
+            (0..3).map(|j| q.iter().zip(&qkv[j * 3 * h + h + hd..]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()).collect();
         let m = scores.iter().cloned().fold(f32::MIN, f32::max);
         let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
         let z: f32 = e.iter().sum();

@@ -18,9 +18,8 @@ pub struct ChunkSpec {
 pub fn chunk_text(tokenizer: &Tokenizer, text: &str, spec: ChunkSpec) -> Result<Vec<Chunk>> {
     let max = spec.max_tokens.max(8);
     let overlap = spec.overlap.min(max / 2);
-    let enc = tokenizer
-        .encode(text, false)
-        .map_err(|e| ExtractError::Tokenizer { path: "tokenizer.json".into(), reason: e.to_string() })?;
+    let enc =
+        tokenizer.encode(text, false).map_err(|e| ExtractError::Tokenizer { path: "tokenizer.json".into(), reason: e.to_string() })?;
     let offs: Vec<(usize, usize)> = enc.get_offsets().iter().copied().filter(|&(a, b)| b > a).collect();
     let mut chunks = Vec::new();
     let mut push = |from: usize, to: usize| {

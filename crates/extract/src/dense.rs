@@ -121,7 +121,27 @@ impl Dense {
                 // SAFETY: y is m×n (row stride n), x is m×k (row stride k), w is n×k read
                 // transposed (column stride k); all buffers have exactly those sizes.
                 unsafe {
-                    gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        y.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(0),
+                    );
                 }
                 y.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(&self.bias).for_each(|(a, b)| *a += b));
                 y
@@ -169,7 +189,9 @@ unsafe fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bia
     let tiles = m.div_ceil(MR);
     // Activations as bf16 pairs, tile by tile: tile t, pair p holds rows t·MR.. in MR lanes.
     let mut a = vec![0u32; tiles * kp * MR];
-    a.par_chunks_mut(kp * MR).enumerate().for_each_init(Vec::new, |rows_buf, (t, tile)| pack_tile(x, k, t * MR, MR.min(m - t * MR), k, tile, rows_buf));
+    a.par_chunks_mut(kp * MR)
+        .enumerate()
+        .for_each_init(Vec::new, |rows_buf, (t, tile)| pack_tile(x, k, t * MR, MR.min(m - t * MR), k, tile, rows_buf));
     let n_panels = n.div_ceil(NR);
     // Tasks: 8 row tiles × 4 panels each; a task's panels stay in L2 across its tiles.
     let (tm, tn) = (8, 4);
@@ -188,7 +210,16 @@ unsafe fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bia
                 // t·MR..t·MR+rows and columns j·NR..j·NR+cols of the m×n output, which no
                 // other task writes.
                 unsafe {
-                    kernel(kp, a[t * kp * MR..].as_ptr(), b.as_ptr(), out.ptr().add(t * MR * n + j * NR), n, rows, cols, bias[j * NR..].as_ptr());
+                    kernel(
+                        kp,
+                        a[t * kp * MR..].as_ptr(),
+                        b.as_ptr(),
+                        out.ptr().add(t * MR * n + j * NR),
+                        n,
+                        rows,
+                        cols,
+                        bias[j * NR..].as_ptr(),
+                    );
                 }
             }
         }
@@ -248,7 +279,17 @@ fn pack_tile(x: &[f32], lda: usize, first: usize, rows: usize, k: usize, tile: &
 /// ([`bf16_supported`]).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_t_serial(a: &[f32], lda: usize, m: usize, k: usize, b: &[u32], n: usize, c: &mut [f32], ldc: usize, scratch: &mut (Vec<u32>, Vec<u32>)) {
+pub(crate) fn matmul_t_serial(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    k: usize,
+    b: &[u32],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    scratch: &mut (Vec<u32>, Vec<u32>),
+) {
     assert!(bf16_supported(), "bfloat16 products need AVX-512 BF16");
     assert!(m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n), "operands too small");
     let kp = k.div_ceil(2);
@@ -263,7 +304,18 @@ pub(crate) fn matmul_t_serial(a: &[f32], lda: usize, m: usize, k: usize, b: &[u3
             let cols = NR.min(n - j * NR);
             // SAFETY: checked above: the CPU has the instructions, the tile holds kp·MR
             // pairs, the panel kp·NR, and c has rows×cols cells from (t·MR, j·NR).
-            unsafe { kernel(kp, tile.as_ptr(), b[j * kp * NR..].as_ptr(), c.as_mut_ptr().add(t * MR * ldc + j * NR), ldc, rows, cols, ZERO.as_ptr()) };
+            unsafe {
+                kernel(
+                    kp,
+                    tile.as_ptr(),
+                    b[j * kp * NR..].as_ptr(),
+                    c.as_mut_ptr().add(t * MR * ldc + j * NR),
+                    ldc,
+                    rows,
+                    cols,
+                    ZERO.as_ptr(),
+                )
+            };
         }
     }
 }
@@ -312,7 +364,13 @@ unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usiz
             }
         }
         let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
-        let m1: __mmask16 = if cols >= 32 { 0xffff } else if cols <= 16 { 0 } else { (1u32 << (cols - 16)) as u16 - 1 };
+        let m1: __mmask16 = if cols >= 32 {
+            0xffff
+        } else if cols <= 16 {
+            0
+        } else {
+            (1u32 << (cols - 16)) as u16 - 1
+        };
         let bias0 = _mm512_maskz_loadu_ps(m0, bias);
         let bias1 = _mm512_maskz_loadu_ps(m1, bias.add(16));
         for (r, acc) in acc.iter().enumerate().take(rows) {

@@ -59,9 +59,10 @@ pub const EMBEDDERS: [&str; 2] = ["multilingual-e5-small", "all-minilm-l6-v2"];
 /// for e5) is parsed on a second thread while the weights load.
 pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>> {
     let (files, prefixes) = match name {
-        "multilingual-e5-small" => {
-            (ModelFiles::require(models_dir, name, &["tokenizer.json"], &["e5-small-q4.bin", "model.safetensors"])?, ("query: ", "passage: "))
-        }
+        "multilingual-e5-small" => (
+            ModelFiles::require(models_dir, name, &["tokenizer.json"], &["e5-small-q4.bin", "model.safetensors"])?,
+            ("query: ", "passage: "),
+        ),
         "all-minilm-l6-v2" => (ModelFiles::require(models_dir, name, &["tokenizer.json", "model.safetensors"], &[])?, ("", "")),
         other => return Err(mnema_models::ModelError::Unknown(format!("{other} (embedders: {})", EMBEDDERS.join(", "))).into()),
     };
@@ -82,7 +83,14 @@ pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>>
     let tokenizer = tokenizer.join().map_err(|_| ExtractError::Tokenizer { path: tokenizer_path, reason: "loader panicked".into() })??;
     // Parsing the tokenizer JSON leaves ~100 MB of freed buffers behind.
     mnema_models::release_free_memory();
-    Ok(Box::new(BertEmbedder { name: name.into(), bert: bert?, tokenizer, prefixes, max_batch_tokens: MAX_BATCH_TOKENS.into(), max_batch: 32 }))
+    Ok(Box::new(BertEmbedder {
+        name: name.into(),
+        bert: bert?,
+        tokenizer,
+        prefixes,
+        max_batch_tokens: MAX_BATCH_TOKENS.into(),
+        max_batch: 32,
+    }))
 }
 
 fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -91,7 +99,12 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::from_file(path).map_err(|e| tk_err(e.to_string()))?;
     tokenizer.with_padding(None);
     tokenizer.with_truncation(None).map_err(|e| tk_err(e.to_string()))?;
-    tracing::debug!("tokenizer {} loaded in {:?}, rss {} MB", path.display(), t0.elapsed(), mnema_models::manager::process_rss() / 1_000_000);
+    tracing::debug!(
+        "tokenizer {} loaded in {:?}, rss {} MB",
+        path.display(),
+        t0.elapsed(),
+        mnema_models::manager::process_rss() / 1_000_000
+    );
     Ok(tokenizer)
 }
 

@@ -37,7 +37,8 @@ pub fn decode_bytes(bytes: &[u8], ext: &str) -> Result<DynamicImage> {
     }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
-        let heic = matches!(ext.to_ascii_lowercase().as_str(), "heic" | "heif") || bytes.get(4..12).is_some_and(|b| b.starts_with(b"ftyphei") || b.starts_with(b"ftypmif"));
+        let heic = matches!(ext.to_ascii_lowercase().as_str(), "heic" | "heif")
+            || bytes.get(4..12).is_some_and(|b| b.starts_with(b"ftyphei") || b.starts_with(b"ftypmif"));
         return Err(bad(if heic {
             "unsupported format: HEIC/HEIF cannot be decoded by this build (convert to JPEG or PNG)".to_string()
         } else {
@@ -61,7 +62,10 @@ pub fn decode_bytes(bytes: &[u8], ext: &str) -> Result<DynamicImage> {
 
 fn check_size(w: u32, h: u32) -> Result<()> {
     if w > MAX_SIDE || h > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
-        return Err(bad(format!("image too large to decode safely: {w}×{h} (limits: {MAX_SIDE} px per side, {} MP)", MAX_PIXELS / 1_000_000)));
+        return Err(bad(format!(
+            "image too large to decode safely: {w}×{h} (limits: {MAX_SIDE} px per side, {} MP)",
+            MAX_PIXELS / 1_000_000
+        )));
     }
     if w < MIN_SIDE || h < MIN_SIDE {
         return Err(bad(format!("image too small to hold text: {w}×{h}")));

@@ -24,9 +24,8 @@ pub fn note_text(bytes: Vec<u8>) -> Result<String> {
     if bytes.contains(&0) {
         return Err(ExtractError::BadInput("binary file (contains NUL bytes), not a text note".into()));
     }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        ExtractError::BadInput(format!("not valid UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| ExtractError::BadInput(format!("not valid UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
     let text = text.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(text);
     if text.trim().is_empty() {
         return Err(ExtractError::BadInput("empty file (no text to index)".into()));

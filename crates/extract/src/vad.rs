@@ -72,7 +72,13 @@ impl SileroVad {
         if outs.len() < 2 {
             return Err(fail(format!("expected 2 outputs, found {outs:?}")));
         }
-        Ok(SileroVad { session, state: vec![0.0; 2 * 128], context: vec![0.0; CONTEXT], output: outs[0].clone(), state_out: outs[1].clone() })
+        Ok(SileroVad {
+            session,
+            state: vec![0.0; 2 * 128],
+            context: vec![0.0; CONTEXT],
+            output: outs[0].clone(),
+            state_out: outs[1].clone(),
+        })
     }
 }
 

@@ -86,7 +86,12 @@ fn e5_ranks_matching_passages_first_across_languages() {
         assert_eq!(best, want, "query {q:?}: scores {scores:?}");
     }
     // A Russian sentence and its English translation are close; unrelated text is not.
-    let v = e.embed(&["Сад нужно поливать каждый вечер.", "The garden needs water every evening.", "The quarterly report shows revenue growth."], Role::Passage).unwrap();
+    let v = e
+        .embed(
+            &["Сад нужно поливать каждый вечер.", "The garden needs water every evening.", "The quarterly report shows revenue growth."],
+            Role::Passage,
+        )
+        .unwrap();
     assert!(dot(&v[0], &v[1]) > dot(&v[0], &v[2]) + 0.05);
 }
 

@@ -32,7 +32,14 @@ fn speech(name: &str, lang: &str, text: &str, before: f32, after: f32) -> PathBu
     let raw = dir().join(format!("{name}.raw.wav"));
     let out = dir().join(format!("{name}.wav"));
     assert!(Command::new("espeak-ng").args(["-v", lang, "-s", "150", "-w"]).arg(&raw).arg(text).status().unwrap().success());
-    assert!(Command::new("sox").arg(&raw).args(["-r", "16000", "-c", "1"]).arg(&out).args(["pad", &before.to_string(), &after.to_string()]).status().unwrap().success());
+    assert!(Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "16000", "-c", "1"])
+        .arg(&out)
+        .args(["pad", &before.to_string(), &after.to_string()])
+        .status()
+        .unwrap()
+        .success());
     out
 }
 
@@ -65,7 +72,8 @@ fn english_speech_with_timestamps_and_language() {
     let p = speech("fox", "en", &format!("{FOX} {NOTES}"), 3.0, 1.0);
     let t = transcribe(&p, true, &ru_en());
     assert_eq!(t.language, "en");
-    let (_, wer) = error_rates(&t.text().to_lowercase().replace(['.', ','], ""), &format!("{FOX} {NOTES}").to_lowercase().replace(['.', ','], ""));
+    let (_, wer) =
+        error_rates(&t.text().to_lowercase().replace(['.', ','], ""), &format!("{FOX} {NOTES}").to_lowercase().replace(['.', ','], ""));
     assert!(wer <= 0.25, "WER {wer:.2}: {}", t.text());
     // Speech starts after 3 s of silence: the first segment says so (±0.7 s).
     let first = &t.segments[0];
@@ -85,7 +93,9 @@ fn long_recording_seeks_across_windows_and_skips_silence() {
     let c = speech("c", "en", TRAIN, 0.0, 0.5);
     let long = concat("long", &[&a, &b, &c]);
     let t = transcribe(&long, true, &ru_en());
-    let find = |word: &str| t.segments.iter().find(|s| s.text.to_lowercase().contains(word)).unwrap_or_else(|| panic!("no '{word}' in {:?}", t.segments));
+    let find = |word: &str| {
+        t.segments.iter().find(|s| s.text.to_lowercase().contains(word)).unwrap_or_else(|| panic!("no '{word}' in {:?}", t.segments))
+    };
     let dur = |p: &Path| decode_file(p).unwrap().len() as i64 / 16;
     let (ta, tb) = (dur(&a), dur(&b));
     let fox = find("fox");
@@ -104,7 +114,13 @@ fn silence_and_noise_give_no_text() {
     let silence = dir().join("silence.wav");
     assert!(Command::new("sox").args(["-n", "-r", "16000", "-c", "1"]).arg(&silence).args(["trim", "0", "45"]).status().unwrap().success());
     let noise = dir().join("noise.wav");
-    assert!(Command::new("sox").args(["-n", "-r", "16000", "-c", "1"]).arg(&noise).args(["synth", "20", "brownnoise", "vol", "0.05"]).status().unwrap().success());
+    assert!(Command::new("sox")
+        .args(["-n", "-r", "16000", "-c", "1"])
+        .arg(&noise)
+        .args(["synth", "20", "brownnoise", "vol", "0.05"])
+        .status()
+        .unwrap()
+        .success());
     for (p, vad) in [(&silence, true), (&silence, false), (&noise, true)] {
         let t = transcribe(p, vad, &ru_en());
         assert!(t.segments.is_empty(), "{} (vad {vad}): invented {:?}", p.display(), t.segments);
@@ -140,7 +156,8 @@ fn containers_and_codecs() {
 #[test]
 fn bad_audio_is_refused_with_a_reason() {
     let d = dir();
-    let err = |p: &Path| AudioStream::open(p).and_then(|mut s| s.read_all()).err().map(|e| e.to_string()).unwrap_or_else(|| "decoded".into());
+    let err =
+        |p: &Path| AudioStream::open(p).and_then(|mut s| s.read_all()).err().map(|e| e.to_string()).unwrap_or_else(|| "decoded".into());
     std::fs::write(d.join("zero.wav"), b"").unwrap();
     assert!(err(&d.join("zero.wav")).contains("empty file"));
     std::fs::write(d.join("junk.m4a"), vec![7u8; 20_000]).unwrap();
@@ -232,7 +249,10 @@ fn hub_safetensors_layout_reads_the_same() {
             _ => panic!("unmapped tensor {name}"),
         }
     }
-    assert!(hub.contains_key("model.encoder.layers.5.self_attn.k_proj.weight") && !hub.contains_key("model.encoder.layers.0.self_attn.k_proj.bias"));
+    assert!(
+        hub.contains_key("model.encoder.layers.5.self_attn.k_proj.weight")
+            && !hub.contains_key("model.encoder.layers.0.self_attn.k_proj.bias")
+    );
     let home = dir().join("hub-models");
     let dst = home.join("whisper-base");
     std::fs::create_dir_all(&dst).unwrap();
@@ -246,6 +266,7 @@ fn hub_safetensors_layout_reads_the_same() {
     let (a, b) = (read(whisper()), read(&from_hub));
     assert_eq!(a.language, b.language);
     assert_eq!(a.text(), b.text(), "same weights, same words");
-    let (_, wer) = error_rates(&b.text().to_lowercase().replace(['.', ','], ""), &format!("{FOX} {TRAIN}").to_lowercase().replace(['.', ','], ""));
+    let (_, wer) =
+        error_rates(&b.text().to_lowercase().replace(['.', ','], ""), &format!("{FOX} {TRAIN}").to_lowercase().replace(['.', ','], ""));
     assert!(wer <= 0.25, "WER {wer:.2}: {}", b.text());
 }

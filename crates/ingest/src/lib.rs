@@ -6,21 +6,21 @@
 //! A bad file yields a failed [`Outcome`] with a one-line reason; the batch goes on.
 #![deny(missing_docs)]
 
+use mnema_core::profile::stage;
 use mnema_core::{Chunk, Config, Kind};
 use mnema_extract::chunk::{chunk_text, ChunkSpec};
 use mnema_extract::note::io_reason;
-use mnema_core::profile::stage;
-use mnema_extract::{load_embedder, Embedder, ExtractError, Role};
 use mnema_extract::ocr::{join_lines, EngineOptions, OcrPool};
 use mnema_extract::vad::Vad;
-use mnema_extract::whisper::{parse_language, Transcript, TranscribeOptions, Whisper};
-use std::sync::Mutex;
+use mnema_extract::whisper::{parse_language, TranscribeOptions, Transcript, Whisper};
+use mnema_extract::{load_embedder, Embedder, ExtractError, Role};
 use mnema_models::manager::ModelManager;
-use std::sync::Arc;
 use mnema_store::{NewItem, Store};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
 
 /// What happened to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +166,13 @@ pub fn transcribe_options(languages: &str) -> TranscribeOptions {
 }
 
 /// Transcribes one audio file with the given engines.
-pub fn transcribe_file(path: &Path, whisper: &Whisper, vad: Option<&Mutex<Box<dyn Vad>>>, opts: &TranscribeOptions, progress: impl FnMut(i64, Option<i64>)) -> Result<Transcript, ExtractError> {
+pub fn transcribe_file(
+    path: &Path,
+    whisper: &Whisper,
+    vad: Option<&Mutex<Box<dyn Vad>>>,
+    opts: &TranscribeOptions,
+    progress: impl FnMut(i64, Option<i64>),
+) -> Result<Transcript, ExtractError> {
     let mut stream = {
         let _s = stage("decode");
         mnema_extract::audio::AudioStream::open(path)?
@@ -197,7 +203,14 @@ pub fn audio_chunks(t: &Transcript, max_chars: usize) -> Vec<Chunk> {
                 c.end = end;
                 c.end_ms = Some(s.end_ms);
             }
-            _ => chunks.push(Chunk { seq: chunks.len() as u32, text: s.text.clone(), start, end, start_ms: Some(s.start_ms), end_ms: Some(s.end_ms) }),
+            _ => chunks.push(Chunk {
+                seq: chunks.len() as u32,
+                text: s.text.clone(),
+                start,
+                end,
+                start_ms: Some(s.start_ms),
+                end_ms: Some(s.end_ms),
+            }),
         }
     }
     chunks
@@ -279,11 +292,24 @@ impl<'a> Ingester<'a> {
     fn store_textless(&mut self, item: &NewItem) -> Result<Outcome, IngestError> {
         let _s = stage("store");
         let id = self.store.put_item(item, &[], &[], "")?;
-        Ok(Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(item.kind), status: Status::Indexed, error: None, chunks: 0 })
+        Ok(Outcome {
+            path: PathBuf::from(&item.path),
+            id: Some(id),
+            kind: Some(item.kind),
+            status: Status::Indexed,
+            error: None,
+            chunks: 0,
+        })
     }
 
     /// Transcribes a batch of recordings, queueing their transcript chunks for embedding.
-    fn audio(&mut self, batch: &[&PathBuf], pending: &mut Vec<Pending>, out: &mut Vec<Outcome>, progress: &mut impl FnMut(&Outcome)) -> Result<(), IngestError> {
+    fn audio(
+        &mut self,
+        batch: &[&PathBuf],
+        pending: &mut Vec<Pending>,
+        out: &mut Vec<Outcome>,
+        progress: &mut impl FnMut(&Outcome),
+    ) -> Result<(), IngestError> {
         let mut todo: Vec<(NewItem, &PathBuf)> = Vec::new();
         let mut done = |o: Outcome, out: &mut Vec<Outcome>| {
             progress(&o);
@@ -306,10 +332,27 @@ impl<'a> Ingester<'a> {
             };
             let path_str = path.to_string_lossy().into_owned();
             if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
-                done(Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 }, out);
+                done(
+                    Outcome {
+                        path: path.to_path_buf(),
+                        id: Some(it.id),
+                        kind: Some(it.kind),
+                        status: Status::Unchanged,
+                        error: None,
+                        chunks: 0,
+                    },
+                    out,
+                );
                 continue;
             }
-            let item = NewItem { path: path_str.clone(), kind: Kind::Audio, sha256: sha.clone(), size: meta.len(), mtime: mtime(&meta), meta: serde_json::json!({}) };
+            let item = NewItem {
+                path: path_str.clone(),
+                kind: Kind::Audio,
+                sha256: sha.clone(),
+                size: meta.len(),
+                mtime: mtime(&meta),
+                meta: serde_json::json!({}),
+            };
             if let Some(twin) = self.store.item_by_sha256(&sha, &path_str)? {
                 let mut item = item.clone();
                 if let Some(src) = self.store.item(twin.id)? {
@@ -387,12 +430,25 @@ impl<'a> Ingester<'a> {
         }
         let _s = stage("store");
         let id = self.store.put_item(&item, &chunks, &vecs, &name)?;
-        Ok(Some(Outcome { path: PathBuf::from(&item.path), id: Some(id), kind: Some(item.kind), status: Status::Indexed, error: None, chunks: chunks.len() }))
+        Ok(Some(Outcome {
+            path: PathBuf::from(&item.path),
+            id: Some(id),
+            kind: Some(item.kind),
+            status: Status::Indexed,
+            error: None,
+            chunks: chunks.len(),
+        }))
     }
 
     /// Reads, decodes and OCRs a batch of images on all cores, queueing their text for
     /// embedding. Exact and near-duplicates (difference hash within 4 bits) reuse the first.
-    fn images<'p>(&mut self, batch: &[&'p PathBuf], pending: &mut Vec<Pending>, out: &mut Vec<Outcome>, progress: &mut impl FnMut(&Outcome)) -> Result<Vec<&'p PathBuf>, IngestError> {
+    fn images<'p>(
+        &mut self,
+        batch: &[&'p PathBuf],
+        pending: &mut Vec<Pending>,
+        out: &mut Vec<Outcome>,
+        progress: &mut impl FnMut(&Outcome),
+    ) -> Result<Vec<&'p PathBuf>, IngestError> {
         let mut todo = Vec::new();
         let mut deferred = Vec::new();
         let mut batch_hashes: Vec<u64> = Vec::new();
@@ -404,10 +460,12 @@ impl<'a> Ingester<'a> {
         // between so unchanged files are never decoded.
         let read: Vec<Result<ReadFile, String>> = batch
             .par_iter()
-            .map(|path| read_file(path, MAX_IMAGE_FILE).map(|(bytes, meta)| {
-                let sha = mnema_models::catalog::hex(&Sha256::digest(&bytes));
-                (bytes, meta, sha)
-            }))
+            .map(|path| {
+                read_file(path, MAX_IMAGE_FILE).map(|(bytes, meta)| {
+                    let sha = mnema_models::catalog::hex(&Sha256::digest(&bytes));
+                    (bytes, meta, sha)
+                })
+            })
             .collect();
         let mut changed = Vec::new();
         for (path, r) in batch.iter().zip(read) {
@@ -416,7 +474,17 @@ impl<'a> Ingester<'a> {
                 Ok((bytes, meta, sha)) => {
                     let path_str = path.to_string_lossy().into_owned();
                     if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
-                        done(Outcome { path: path.to_path_buf(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 }, out);
+                        done(
+                            Outcome {
+                                path: path.to_path_buf(),
+                                id: Some(it.id),
+                                kind: Some(it.kind),
+                                status: Status::Unchanged,
+                                error: None,
+                                chunks: 0,
+                            },
+                            out,
+                        );
                     } else {
                         changed.push((*path, bytes, meta, sha));
                     }
@@ -483,7 +551,10 @@ impl<'a> Ingester<'a> {
         let per = mnema_extract::ocr::engines_in(&self.config.models_dir).iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory);
         // One engine per core, as many as the budget holds; the embedder is let go so it can
         // be evicted if OCR needs its room (it is reloaded for the text after).
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len()).min((self.models.budget() / per.max(1)).max(1) as usize);
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(todo.len())
+            .min((self.models.budget() / per.max(1)).max(1) as usize);
         self.embedder = None;
         let est = per * workers as u64;
         let pool = self.models.acquire(&format!("ocr:{engine}"), est, || {
@@ -547,7 +618,11 @@ impl<'a> Ingester<'a> {
             },
         };
         if meta.len() > self.config.max_note_size.0 {
-            return fail(format!("file too large: {} (limit {}; set MNEMA_MAX_FILE_SIZE)", mnema_core::ByteSize(meta.len()), self.config.max_note_size));
+            return fail(format!(
+                "file too large: {} (limit {}; set MNEMA_MAX_FILE_SIZE)",
+                mnema_core::ByteSize(meta.len()),
+                self.config.max_note_size
+            ));
         }
         let decode = stage("decode");
         let bytes = match std::fs::read(path) {
@@ -559,7 +634,14 @@ impl<'a> Ingester<'a> {
         let existing = self.store.item_by_path(&path_str)?;
         if let Some(it) = &existing {
             if it.sha256 == sha {
-                return Ok(Prepared::Done(Outcome { path: path.into(), id: Some(it.id), kind: Some(it.kind), status: Status::Unchanged, error: None, chunks: 0 }));
+                return Ok(Prepared::Done(Outcome {
+                    path: path.into(),
+                    id: Some(it.id),
+                    kind: Some(it.kind),
+                    status: Status::Unchanged,
+                    error: None,
+                    chunks: 0,
+                }));
             }
         }
         let text = match mnema_extract::note::note_text(bytes) {
@@ -592,7 +674,12 @@ impl<'a> Ingester<'a> {
         Ok(Prepared::Embed(Pending { item, chunks }))
     }
 
-    fn flush(&mut self, pending: &mut Vec<Pending>, out: &mut Vec<Outcome>, progress: &mut impl FnMut(&Outcome)) -> Result<(), IngestError> {
+    fn flush(
+        &mut self,
+        pending: &mut Vec<Pending>,
+        out: &mut Vec<Outcome>,
+        progress: &mut impl FnMut(&Outcome),
+    ) -> Result<(), IngestError> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -608,7 +695,14 @@ impl<'a> Ingester<'a> {
             let vecs: Vec<Vec<f32>> = it.by_ref().take(p.chunks.len()).collect();
             let _s = stage("store");
             let id = self.store.put_item(&p.item, &p.chunks, &vecs, &name)?;
-            let o = Outcome { path: PathBuf::from(&p.item.path), id: Some(id), kind: Some(p.item.kind), status: Status::Indexed, error: None, chunks: p.chunks.len() };
+            let o = Outcome {
+                path: PathBuf::from(&p.item.path),
+                id: Some(id),
+                kind: Some(p.item.kind),
+                status: Status::Indexed,
+                error: None,
+                chunks: p.chunks.len(),
+            };
             progress(&o);
             out.push(o);
         }

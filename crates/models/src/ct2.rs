@@ -143,7 +143,10 @@ impl Ct2File {
     }
 
     #[allow(clippy::type_complexity)]
-    fn table<R: Read + Seek>(path: &Path, mut c: Reader<R>) -> Result<((String, u32), HashMap<String, Ct2Tensor>, HashMap<String, String>), ModelError> {
+    fn table<R: Read + Seek>(
+        path: &Path,
+        mut c: Reader<R>,
+    ) -> Result<((String, u32), HashMap<String, Ct2Tensor>, HashMap<String, String>), ModelError> {
         let bad = |reason: String| ModelError::Format { path: path.into(), reason };
         let t = || bad("truncated header".into());
         let version = c.u32().ok_or_else(t)?;
@@ -235,7 +238,12 @@ impl Ct2File {
             Ct2DType::F32 => b.chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect(),
             Ct2DType::F16 => b.chunks_exact(2).map(|x| f16_to_f32(u16::from_le_bytes([x[0], x[1]]))).collect(),
             Ct2DType::BF16 => b.chunks_exact(2).map(|x| f32::from_bits((u16::from_le_bytes([x[0], x[1]]) as u32) << 16)).collect(),
-            d => return Err(ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} is {d:?}, expected floats (quantized files are not supported)") }),
+            d => {
+                return Err(ModelError::Format {
+                    path: self.path.clone(),
+                    reason: format!("tensor {name} is {d:?}, expected floats (quantized files are not supported)"),
+                })
+            }
         };
         Ok((v, t.dims.clone()))
     }

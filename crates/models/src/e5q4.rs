@@ -157,7 +157,8 @@ impl E5Q4File {
     }
 
     fn entry(&self, name: &str, dtype: DType, elems: usize) -> Result<&Entry, ModelError> {
-        let e = self.dir.get(name).ok_or_else(|| ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} missing") })?;
+        let e =
+            self.dir.get(name).ok_or_else(|| ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} missing") })?;
         if e.dtype != dtype || e.elems != elems {
             return Err(ModelError::Format {
                 path: self.path.clone(),
@@ -170,7 +171,10 @@ impl E5Q4File {
     /// An f32 tensor with exactly `elems` elements.
     pub fn f32(&self, name: &str, elems: usize) -> Result<Vec<f32>, ModelError> {
         let e = self.entry(name, DType::F32, elems)?;
-        Ok((*self.data).as_ref()[e.offset..e.offset + e.bytes].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok((*self.data).as_ref()[e.offset..e.offset + e.bytes]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     /// The raw Q4_0 blocks of a tensor with exactly `elems` elements.

@@ -152,20 +152,35 @@ impl ModelManager {
 
     /// Returns the model `name`, loading it with `load` if needed. `estimate` is its expected
     /// cost in bytes (from file sizes), checked against the budget before loading.
-    pub fn acquire<T: Any + Send + Sync, E: From<ModelError>>(&self, name: &str, estimate: u64, load: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E> {
+    pub fn acquire<T: Any + Send + Sync, E: From<ModelError>>(
+        &self,
+        name: &str,
+        estimate: u64,
+        load: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             match st.get_mut(name) {
                 Some(Entry::Ready(slot)) => {
                     slot.last_used = Instant::now();
-                    return slot.value.clone().downcast::<T>().map_err(|_| ModelError::Unknown(format!("{name} (loaded as another type)")).into());
+                    return slot
+                        .value
+                        .clone()
+                        .downcast::<T>()
+                        .map_err(|_| ModelError::Unknown(format!("{name} (loaded as another type)")).into());
                 }
                 Some(Entry::Loading) => st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
                 None => break,
             }
         }
         if estimate > self.budget {
-            return Err(ModelError::OverBudget { model: name.into(), cost: estimate, budget: self.budget, detail: "raise --memory-budget".into() }.into());
+            return Err(ModelError::OverBudget {
+                model: name.into(),
+                cost: estimate,
+                budget: self.budget,
+                detail: "raise --memory-budget".into(),
+            }
+            .into());
         }
         // Make room: evict idle models, least recently used first.
         let mut used: u64 = st.values().map(|e| if let Entry::Ready(s) = e { s.cost } else { 0 }).sum();
@@ -269,7 +284,12 @@ impl ModelManager {
         let mut v: Vec<LoadedModel> = st
             .iter()
             .filter_map(|(k, e)| match e {
-                Entry::Ready(s) => Some(LoadedModel { name: k.clone(), cost: s.cost, in_use: Arc::strong_count(&s.value) > 1, idle: s.last_used.elapsed() }),
+                Entry::Ready(s) => Some(LoadedModel {
+                    name: k.clone(),
+                    cost: s.cost,
+                    in_use: Arc::strong_count(&s.value) > 1,
+                    idle: s.last_used.elapsed(),
+                }),
                 Entry::Loading => None,
             })
             .collect();

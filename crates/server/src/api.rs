@@ -68,7 +68,17 @@ impl QueryCache {
 pub(crate) type State = Arc<Inner>;
 
 pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Store, opts: ServeOptions) -> State {
-    Arc::new(Inner { config, models, store: Mutex::new(store), opts, jobs: Mutex::new(HashMap::new()), next_job: 1.into(), started: Instant::now(), query_vectors: Mutex::default(), history: Default::default() })
+    Arc::new(Inner {
+        config,
+        models,
+        store: Mutex::new(store),
+        opts,
+        jobs: Mutex::new(HashMap::new()),
+        next_job: 1.into(),
+        started: Instant::now(),
+        query_vectors: Mutex::default(),
+        history: Default::default(),
+    })
 }
 
 /// Every API failure, mapped to a status here and nowhere else.
@@ -88,7 +98,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong token (send `Authorization: Bearer TOKEN`)".into()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ApiError::TooLarge(limit) => (StatusCode::PAYLOAD_TOO_LARGE, format!("upload larger than the limit of {}", mnema_core::ByteSize(limit))),
+            ApiError::TooLarge(limit) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("upload larger than the limit of {}", mnema_core::ByteSize(limit)))
+            }
             ApiError::Busy(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
@@ -111,7 +123,9 @@ impl From<mnema_search::SearchError> for ApiError {
 impl From<mnema_extract::ExtractError> for ApiError {
     fn from(e: mnema_extract::ExtractError) -> Self {
         match e {
-            mnema_extract::ExtractError::Model(mnema_models::ModelError::OverBudget { .. } | mnema_models::ModelError::LowMemory { .. }) => ApiError::Busy(e.to_string()),
+            mnema_extract::ExtractError::Model(
+                mnema_models::ModelError::OverBudget { .. } | mnema_models::ModelError::LowMemory { .. },
+            ) => ApiError::Busy(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -166,7 +180,10 @@ async fn auth(AxState(st): AxState<State>, req: Request, next: Next) -> Response
     };
     let h = req.headers();
     let bearer = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
-    let cookie = h.get(header::COOKIE).and_then(|v| v.to_str().ok()).and_then(|c| c.split(';').find_map(|kv| kv.trim().strip_prefix("mnema_token=").map(str::to_string)));
+    let cookie = h
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').find_map(|kv| kv.trim().strip_prefix("mnema_token=").map(str::to_string)));
     let query = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string)));
     let ok = [&bearer, &cookie, &query].iter().any(|t| t.as_deref() == Some(token));
     if !ok {
@@ -184,7 +201,9 @@ async fn auth(AxState(st): AxState<State>, req: Request, next: Next) -> Response
 async fn health(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
     let st2 = st.clone();
     let items = blocking(move || Ok(st2.store.lock().unwrap_or_else(|e| e.into_inner()).stats()?.items)).await?;
-    Ok(Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "items": items, "uptime_s": st.started.elapsed().as_secs() })))
+    Ok(Json(
+        serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "items": items, "uptime_s": st.started.elapsed().as_secs() }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -213,7 +232,9 @@ async fn search(AxState(st): AxState<State>, Query(p): Query<SearchParams>) -> A
     for k in p.kind.iter().flat_map(|k| k.split(',')).filter(|k| !k.is_empty()) {
         kinds.push(k.parse::<Kind>().map_err(ApiError::BadRequest)?);
     }
-    let time = |s: Option<String>| -> ApiResult<Option<i64>> { s.filter(|s| !s.is_empty()).map(|s| mnema_core::time::parse(&s).map_err(ApiError::BadRequest)).transpose() };
+    let time = |s: Option<String>| -> ApiResult<Option<i64>> {
+        s.filter(|s| !s.is_empty()).map(|s| mnema_core::time::parse(&s).map_err(ApiError::BadRequest)).transpose()
+    };
     let q = mnema_search::SearchQuery {
         text: text.clone(),
         mode,
@@ -248,7 +269,9 @@ async fn search(AxState(st): AxState<State>, Query(p): Query<SearchParams>) -> A
     .await?;
     let hits: Vec<HitOut> = hits.into_iter().map(HitOut::from).collect();
     let elapsed_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
-    Ok(Json(serde_json::to_value(SearchOut { query: &text, mode: &mode_s, hits, elapsed_ms }).map_err(|e| ApiError::Internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(SearchOut { query: &text, mode: &mode_s, hits, elapsed_ms }).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
 }
 
 fn parse_id(s: &str) -> ApiResult<i64> {
@@ -302,12 +325,22 @@ fn content_type(path: &std::path::Path) -> &'static str {
 
 /// The item's original file (byte ranges supported, so audio can seek), or a 320 px wide
 /// PNG thumbnail of an image with `?thumb=1`. Only paths recorded in the store are served.
-async fn file(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>, Query(p): Query<FileParams>, headers: HeaderMap) -> ApiResult<Response> {
+async fn file(
+    AxState(st): AxState<State>,
+    UrlPath(id): UrlPath<String>,
+    Query(p): Query<FileParams>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let thumb = p.thumb.as_deref().is_some_and(|t| t == "1" || t == "true");
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
     blocking(move || {
-        let item = st.store.lock().unwrap_or_else(|e| e.into_inner()).item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
+        let item = st
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .item(id)?
+            .ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
         let path = std::path::PathBuf::from(&item.path);
         let gone = || ApiError::NotFound(format!("file of item {id} is gone: {}", item.path));
         let total = std::fs::metadata(&path).map_err(|_| gone())?.len();
@@ -404,7 +437,10 @@ struct IngestBody {
     paths: Vec<String>,
 }
 
-async fn ingest(AxState(st): AxState<State>, body: Result<Json<IngestBody>, axum::extract::rejection::JsonRejection>) -> ApiResult<Response> {
+async fn ingest(
+    AxState(st): AxState<State>,
+    body: Result<Json<IngestBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("expected JSON {{\"paths\": [...]}}: {}", e.body_text())))?;
     if body.paths.is_empty() {
         return Err(ApiError::BadRequest("paths is empty".into()));
@@ -454,7 +490,11 @@ struct UploadParams {
     name: Option<String>,
 }
 
-async fn upload(AxState(st): AxState<State>, Query(p): Query<UploadParams>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Response> {
+async fn upload(
+    AxState(st): AxState<State>,
+    Query(p): Query<UploadParams>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Response> {
     let body = body_or_413(&st, body)?;
     let name = p.name.unwrap_or_default();
     // Only a plain file name: no directories, no traversal.
@@ -473,7 +513,8 @@ async fn upload(AxState(st): AxState<State>, Query(p): Query<UploadParams>, body
     })
     .await?;
     let job = start_job(&st, vec![path.clone()]);
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job": job, "path": path, "events": format!("/api/jobs/{job}/events") }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job": job, "path": path, "events": format!("/api/jobs/{job}/events") })))
+        .into_response())
 }
 
 fn find_job(st: &State, id: &str) -> ApiResult<Arc<Job>> {
@@ -486,7 +527,10 @@ async fn job(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiRe
 }
 
 /// Progress as server-sent events: one `progress` event per finished file, then `done`.
-async fn job_events(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>> {
+async fn job_events(
+    AxState(st): AxState<State>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let job = find_job(&st, &id)?;
     let rx = job.changed.subscribe();
     let stream = futures_util::stream::unfold((job, rx, 0usize, false), |(job, mut rx, sent, finished)| async move {
@@ -524,7 +568,13 @@ async fn ocr_engines(AxState(st): AxState<State>) -> Json<serde_json::Value> {
 }
 
 fn body_or_413(st: &State, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<axum::body::Bytes> {
-    let b = body.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge(st.opts.max_upload) } else { ApiError::BadRequest(e.body_text()) })?;
+    let b = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(st.opts.max_upload)
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })?;
     if b.is_empty() {
         return Err(ApiError::BadRequest("empty body: send the file's bytes".into()));
     }
@@ -539,7 +589,11 @@ struct OcrParams {
 
 /// Runs OCR engines on one uploaded image; the response streams one JSON line per engine
 /// as each finishes (`application/x-ndjson`), so a comparison shows progress.
-async fn ocr(AxState(st): AxState<State>, Query(p): Query<OcrParams>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Response> {
+async fn ocr(
+    AxState(st): AxState<State>,
+    Query(p): Query<OcrParams>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Response> {
     let bytes = body_or_413(&st, body)?;
     let img = mnema_extract::image::decode_bytes(&bytes, "").map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let prepared = mnema_extract::image::prepare_for_ocr(&img);
@@ -565,16 +619,43 @@ async fn ocr(AxState(st): AxState<State>, Query(p): Query<OcrParams>, body: Resu
             let t0 = Instant::now();
             let r = st
                 .models
-                .acquire(&format!("ocr:{name}:1"), per, || mnema_extract::ocr::OcrPool::new(name, &mnema_extract::ocr::EngineOptions::with_models(&st.config.models_dir), 1))
-                .and_then(|pool| pool.recognize_all(std::slice::from_ref(&prepared)).pop().unwrap_or_else(|| Err(mnema_extract::ExtractError::BadInput("no result".into()))));
+                .acquire(&format!("ocr:{name}:1"), per, || {
+                    mnema_extract::ocr::OcrPool::new(name, &mnema_extract::ocr::EngineOptions::with_models(&st.config.models_dir), 1)
+                })
+                .and_then(|pool| {
+                    pool.recognize_all(std::slice::from_ref(&prepared))
+                        .pop()
+                        .unwrap_or_else(|| Err(mnema_extract::ExtractError::BadInput("no result".into())))
+                });
             let elapsed_ms = (t0.elapsed().as_secs_f64() * 1e4).round() / 10.0;
             let o = match r {
                 Ok(lines) => {
                     let text = mnema_extract::ocr::join_lines(&lines);
-                    let (cer, wer) = p.truth.as_deref().filter(|t| !t.trim().is_empty()).map(|t| mnema_extract::ocr::error_rates(&text, t)).unzip();
-                    crate::wire::OcrOut { path: String::new(), engine: name.into(), text, lines, elapsed_ms, peak_rss_mb: crate::wire::peak_rss_mb(), cer, wer, error: None }
+                    let (cer, wer) =
+                        p.truth.as_deref().filter(|t| !t.trim().is_empty()).map(|t| mnema_extract::ocr::error_rates(&text, t)).unzip();
+                    crate::wire::OcrOut {
+                        path: String::new(),
+                        engine: name.into(),
+                        text,
+                        lines,
+                        elapsed_ms,
+                        peak_rss_mb: crate::wire::peak_rss_mb(),
+                        cer,
+                        wer,
+                        error: None,
+                    }
                 }
-                Err(e) => crate::wire::OcrOut { path: String::new(), engine: name.into(), text: String::new(), lines: vec![], elapsed_ms, peak_rss_mb: crate::wire::peak_rss_mb(), cer: None, wer: None, error: Some(e.to_string()) },
+                Err(e) => crate::wire::OcrOut {
+                    path: String::new(),
+                    engine: name.into(),
+                    text: String::new(),
+                    lines: vec![],
+                    elapsed_ms,
+                    peak_rss_mb: crate::wire::peak_rss_mb(),
+                    cer: None,
+                    wer: None,
+                    error: Some(e.to_string()),
+                },
             };
             let line = serde_json::to_string(&o).unwrap_or_default() + "\n";
             if tx.blocking_send(Ok(line)).is_err() {
@@ -593,13 +674,27 @@ struct TranscribeParams {
 }
 
 /// Transcribes one uploaded recording (same JSON as `mnema --json transcribe`).
-async fn transcribe(AxState(st): AxState<State>, Query(p): Query<TranscribeParams>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Json<serde_json::Value>> {
+async fn transcribe(
+    AxState(st): AxState<State>,
+    Query(p): Query<TranscribeParams>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
     let bytes = body_or_413(&st, body)?;
     blocking(move || {
         let t0 = Instant::now();
         // The decoder wants a file (containers seek); the extension only helps it guess.
-        let ext: String = p.name.as_deref().and_then(|n| n.rsplit_once('.')).map(|(_, e)| e.chars().filter(char::is_ascii_alphanumeric).take(5).collect()).unwrap_or_default();
-        let tmp = std::env::temp_dir().join(format!("mnema-upload-{}-{}.{}", std::process::id(), t0.elapsed().as_nanos() ^ bytes.len() as u128, if ext.is_empty() { "bin" } else { &ext }));
+        let ext: String = p
+            .name
+            .as_deref()
+            .and_then(|n| n.rsplit_once('.'))
+            .map(|(_, e)| e.chars().filter(char::is_ascii_alphanumeric).take(5).collect())
+            .unwrap_or_default();
+        let tmp = std::env::temp_dir().join(format!(
+            "mnema-upload-{}-{}.{}",
+            std::process::id(),
+            t0.elapsed().as_nanos() ^ bytes.len() as u128,
+            if ext.is_empty() { "bin" } else { &ext }
+        ));
         std::fs::write(&tmp, &bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
         let model = st.config.speech_model.clone();
         let r = (|| {
@@ -612,7 +707,19 @@ async fn transcribe(AxState(st): AxState<State>, Query(p): Query<TranscribeParam
         let elapsed_ms = (t0.elapsed().as_secs_f64() * 1e4).round() / 10.0;
         let name = p.name.unwrap_or_default();
         match r {
-            Ok(t) => Ok(Json(serde_json::to_value(crate::wire::TranscribeOut { path: name, model, language: Some(t.language.clone()), text: t.text(), segments: t.segments, audio_ms: t.audio_ms, elapsed_ms, error: None }).unwrap_or_default())),
+            Ok(t) => Ok(Json(
+                serde_json::to_value(crate::wire::TranscribeOut {
+                    path: name,
+                    model,
+                    language: Some(t.language.clone()),
+                    text: t.text(),
+                    segments: t.segments,
+                    audio_ms: t.audio_ms,
+                    elapsed_ms,
+                    error: None,
+                })
+                .unwrap_or_default(),
+            )),
             Err(mnema_extract::ExtractError::BadInput(e)) => Err(ApiError::BadRequest(e)),
             Err(e) => Err(e.into()),
         }

@@ -55,7 +55,13 @@ impl History {
     pub(crate) fn sample(&self, t_s: f64, models_bytes: u64) {
         let stages: serde_json::Map<String, serde_json::Value> = TOTALS
             .get()
-            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, (n, ms))| (k.to_string(), serde_json::json!({ "calls": n, "ms": (ms * 10.0).round() / 10.0 }))).collect())
+            .map(|t| {
+                t.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(k, (n, ms))| (k.to_string(), serde_json::json!({ "calls": n, "ms": (ms * 10.0).round() / 10.0 })))
+                    .collect()
+            })
             .unwrap_or_default();
         let v = serde_json::json!({ "t_s": (t_s * 10.0).round() / 10.0, "rss_bytes": mnema_models::manager::process_rss(), "models_bytes": models_bytes, "stages": stages });
         let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());

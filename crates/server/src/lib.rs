@@ -8,11 +8,11 @@
 #![deny(missing_docs)]
 
 // The contract's fields are documented in README ("JSON contract").
-#[allow(missing_docs)]
-pub mod wire;
 mod api;
 mod history;
 mod ui;
+#[allow(missing_docs)]
+pub mod wire;
 
 use mnema_core::Config;
 use mnema_models::manager::ModelManager;

@@ -158,7 +158,12 @@ pub struct ModelFileOut {
 }
 
 /// `mnema --json status` and `GET /api/status`.
-pub fn status(config: &mnema_core::Config, budget: u64, models: &mnema_models::manager::ModelManager, store: &mnema_store::Store) -> Result<serde_json::Value, mnema_store::StoreError> {
+pub fn status(
+    config: &mnema_core::Config,
+    budget: u64,
+    models: &mnema_models::manager::ModelManager,
+    store: &mnema_store::Store,
+) -> Result<serde_json::Value, mnema_store::StoreError> {
     use mnema_models::manager::{available_memory, process_rss};
     let stats = store.stats()?;
     let (total, swap_total, swap_used) = match sysinfo::System::new() {
@@ -168,13 +173,21 @@ pub fn status(config: &mnema_core::Config, budget: u64, models: &mnema_models::m
         }
         Err(_) => (0, 0, 0),
     };
-    let loaded: Vec<_> = models.loaded().iter().map(|m| serde_json::json!({ "name": m.name, "bytes": m.cost, "in_use": m.in_use, "idle_s": m.idle.as_secs_f64() })).collect();
+    let loaded: Vec<_> = models
+        .loaded()
+        .iter()
+        .map(|m| serde_json::json!({ "name": m.name, "bytes": m.cost, "in_use": m.in_use, "idle_s": m.idle.as_secs_f64() }))
+        .collect();
     let events: Vec<_> = models
         .events()
         .iter()
         .map(|e| match e {
-            mnema_models::manager::Event::Load { name, cost, elapsed } => serde_json::json!({ "event": "load", "model": name, "bytes": cost, "ms": elapsed.as_secs_f64() * 1e3 }),
-            mnema_models::manager::Event::Unload { name, reason } => serde_json::json!({ "event": "unload", "model": name, "reason": reason }),
+            mnema_models::manager::Event::Load { name, cost, elapsed } => {
+                serde_json::json!({ "event": "load", "model": name, "bytes": cost, "ms": elapsed.as_secs_f64() * 1e3 })
+            }
+            mnema_models::manager::Event::Unload { name, reason } => {
+                serde_json::json!({ "event": "unload", "model": name, "reason": reason })
+            }
         })
         .collect();
     Ok(serde_json::json!({

@@ -169,7 +169,8 @@ impl Store {
     fn rebuild_index(&self, dim: usize) -> Result<VectorIndex> {
         tracing::info!("rebuilding vector index from {}", self.db_path.display());
         let mut idx = VectorIndex::new(dim, self.index_path.as_deref())?;
-        let n: i64 = self.conn.query_row("SELECT count(*) FROM chunks WHERE vector IS NOT NULL", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
+        let n: i64 =
+            self.conn.query_row("SELECT count(*) FROM chunks WHERE vector IS NOT NULL", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
         idx.reserve_more(n as usize)?;
         let mut stmt = self.conn.prepare("SELECT id, vector FROM chunks WHERE vector IS NOT NULL").map_err(|e| self.sql(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
@@ -209,13 +210,20 @@ impl Store {
 
     /// The item with `id`, if any.
     pub fn item(&self, id: i64) -> Result<Option<Item>> {
-        self.conn.query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE id = ?1"), [id], item_from_row).optional().map_err(|e| self.sql(e))
+        self.conn
+            .query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE id = ?1"), [id], item_from_row)
+            .optional()
+            .map_err(|e| self.sql(e))
     }
 
     /// Another item with the same content, if any (its chunks and vectors can be reused).
     pub fn item_by_sha256(&self, sha256: &str, not_path: &str) -> Result<Option<Item>> {
         self.conn
-            .query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE sha256 = ?1 AND path != ?2 LIMIT 1"), [sha256, not_path], item_from_row)
+            .query_row(
+                &format!("SELECT {ITEM_COLS} FROM items WHERE sha256 = ?1 AND path != ?2 LIMIT 1"),
+                [sha256, not_path],
+                item_from_row,
+            )
             .optional()
             .map_err(|e| self.sql(e))
     }
@@ -226,9 +234,8 @@ impl Store {
             .conn
             .prepare_cached("SELECT id, path, json_extract(meta, '$.dhash') FROM items WHERE kind = 'image' AND json_extract(meta, '$.dhash') IS NOT NULL")
             .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
-            .map_err(|e| self.sql(e))?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
         for r in rows {
             let (id, path, h) = r.map_err(|e| self.sql(e))?;
@@ -284,7 +291,8 @@ impl Store {
         }
         let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
         let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
-        let old_id: Option<i64> = tx.query_row("SELECT id FROM items WHERE path = ?1", [&item.path], |r| r.get(0)).optional().map_err(sqlerr)?;
+        let old_id: Option<i64> =
+            tx.query_row("SELECT id FROM items WHERE path = ?1", [&item.path], |r| r.get(0)).optional().map_err(sqlerr)?;
         let mut removed = Vec::new();
         if let Some(id) = old_id {
             removed = delete_chunks(&tx, id).map_err(sqlerr)?;
@@ -312,7 +320,9 @@ impl Store {
         let mut added = Vec::with_capacity(chunks.len());
         {
             let mut ins = tx
-                .prepare("INSERT INTO chunks (item_id, seq, text, start, end, start_ms, end_ms, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+                .prepare(
+                    "INSERT INTO chunks (item_id, seq, text, start, end, start_ms, end_ms, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
                 .map_err(sqlerr)?;
             let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
             for (c, v) in chunks.iter().zip(vecs) {
@@ -325,7 +335,8 @@ impl Store {
         }
         if dim > 0 {
             tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder]).map_err(sqlerr)?;
-            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()]).map_err(sqlerr)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()])
+                .map_err(sqlerr)?;
         }
         bump_gen(&tx).map_err(sqlerr)?;
         tx.commit().map_err(sqlerr)?;
@@ -478,8 +489,12 @@ impl Store {
         let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
         let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
         {
-            let mut item = tx.prepare("INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')").map_err(sqlerr)?;
-            let mut ins = tx.prepare("INSERT INTO chunks (item_id, seq, text, start, end, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sqlerr)?;
+            let mut item = tx
+                .prepare("INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')")
+                .map_err(sqlerr)?;
+            let mut ins = tx
+                .prepare("INSERT INTO chunks (item_id, seq, text, start, end, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                .map_err(sqlerr)?;
             let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
             for (it, chunks) in rows {
                 item.execute(params![it.path, it.kind.as_str(), it.sha256, it.size as i64, it.mtime, it.mtime]).map_err(sqlerr)?;
@@ -493,7 +508,8 @@ impl Store {
         }
         if let Some(dim) = rows.iter().flat_map(|r| r.1.first()).map(|c| c.1.len()).next() {
             tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder]).map_err(sqlerr)?;
-            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()]).map_err(sqlerr)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()])
+                .map_err(sqlerr)?;
         }
         bump_gen(&tx).map_err(sqlerr)?;
         tx.commit().map_err(sqlerr)?;

@@ -28,7 +28,14 @@ fn kw(s: &Store, q: &str) -> Vec<i64> {
 fn replace_and_delete_leave_no_orphans() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path()).unwrap();
-    let a = s.put_item(&item("/n/a.md", Kind::Note, 1), &[chunk(0, "Подписка стоит 300 рублей"), chunk(1, "garden water")], &[unit(0, 8), unit(1, 8)], "m").unwrap();
+    let a = s
+        .put_item(
+            &item("/n/a.md", Kind::Note, 1),
+            &[chunk(0, "Подписка стоит 300 рублей"), chunk(1, "garden water")],
+            &[unit(0, 8), unit(1, 8)],
+            "m",
+        )
+        .unwrap();
     assert_eq!(kw(&s, "подписки").len(), 1, "stemmed match");
     // Re-ingest of a changed file: same id, old chunks gone from FTS and vectors.
     let a2 = s.put_item(&item("/n/a.md", Kind::Note, 2), &[chunk(0, "Completely different text")], &[unit(2, 8)], "m").unwrap();

@@ -2,10 +2,10 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use mnema_server::wire::{CheckOut, DoctorOut};
 use anyhow::Result;
 use mnema_core::ByteSize;
 use mnema_models::catalog::{check, model_names};
+use mnema_server::wire::{CheckOut, DoctorOut};
 
 fn check_item(name: &str, status: &'static str, detail: impl Into<String>, hint: Option<&str>) -> CheckOut {
     CheckOut { name: name.into(), status, detail: detail.into(), hint: hint.map(Into::into) }
@@ -20,7 +20,9 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     let writable = std::fs::create_dir_all(&c.home).and_then(|_| std::fs::write(&probe, b"ok")).and_then(|_| std::fs::remove_file(&probe));
     checks.push(match writable {
         Ok(()) => check_item("data directory", "ok", format!("{} (writable)", c.home.display()), None),
-        Err(e) => check_item("data directory", "fail", format!("{}: {e}", c.home.display()), Some("choose another with --home or MNEMA_HOME")),
+        Err(e) => {
+            check_item("data directory", "fail", format!("{}: {e}", c.home.display()), Some("choose another with --home or MNEMA_HOME"))
+        }
     });
     if checks[0].status == "ok" {
         checks.push(match ctx.store().and_then(|s| Ok((s.stats()?, s.embedder()?))) {
@@ -60,7 +62,12 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         checks.push(if !corrupt.is_empty() {
             check_item(&name, "fail", format!("corrupt: {}", corrupt.join(", ")), Some("scripts/setup.sh"))
         } else if !missing.is_empty() {
-            check_item(&name, if required { "fail" } else { "warn" }, format!("missing: {} ({role})", missing.join(", ")), Some("scripts/setup.sh"))
+            check_item(
+                &name,
+                if required { "fail" } else { "warn" },
+                format!("missing: {} ({role})", missing.join(", ")),
+                Some("scripts/setup.sh"),
+            )
         } else {
             check_item(&name, "ok", format!("{role}, {}, sha256 verified", ByteSize(size)), None)
         });
@@ -71,7 +78,12 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         checks.push(if e.available {
             check_item("tesseract rus+eng", "ok", format!("OCR languages: {}", e.languages), None)
         } else {
-            check_item("tesseract rus+eng", "warn", e.reason.unwrap_or_default(), Some("apt-get install tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng libtesseract-dev"))
+            check_item(
+                "tesseract rus+eng",
+                "warn",
+                e.reason.unwrap_or_default(),
+                Some("apt-get install tesseract-ocr tesseract-ocr-rus tesseract-ocr-eng libtesseract-dev"),
+            )
         });
     }
 
@@ -81,7 +93,12 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     let (total, avail) = (sys.total_memory(), sys.available_memory());
     let (swap_total, swap_used) = (sys.total_swap(), sys.used_swap());
     checks.push(if avail < 1 << 30 {
-        check_item("memory", "warn", format!("{} available of {}", ByteSize(avail), ByteSize(total)), Some("close other programs: models will push the machine into swap"))
+        check_item(
+            "memory",
+            "warn",
+            format!("{} available of {}", ByteSize(avail), ByteSize(total)),
+            Some("close other programs: models will push the machine into swap"),
+        )
     } else {
         check_item("memory", "ok", format!("{} available of {}", ByteSize(avail), ByteSize(total)), None)
     });
@@ -100,7 +117,12 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         (models_share < need).then_some("raise --memory-budget / MNEMA_MEMORY_BUDGET"),
     ));
     if let Some(psi) = memory_pressure() {
-        checks.push(check_item("memory pressure", if psi > 10.0 { "warn" } else { "ok" }, format!("some avg10 {psi:.1}% (/proc/pressure/memory)"), None));
+        checks.push(check_item(
+            "memory pressure",
+            if psi > 10.0 { "warn" } else { "ok" },
+            format!("some avg10 {psi:.1}% (/proc/pressure/memory)"),
+            None,
+        ));
     }
 
     // CPU.
@@ -109,10 +131,15 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     checks.push(check_item(
         "cpu",
         if fast { "ok" } else { "warn" },
-        format!("{cores} cores, {} {}; large products in {}", std::env::consts::ARCH, feats, match mnema_extract::dense::Precision::best() {
-            mnema_extract::dense::Precision::Bf16 => "bfloat16",
-            mnema_extract::dense::Precision::F32 => "f32",
-        }),
+        format!(
+            "{cores} cores, {} {}; large products in {}",
+            std::env::consts::ARCH,
+            feats,
+            match mnema_extract::dense::Precision::best() {
+                mnema_extract::dense::Precision::Bf16 => "bfloat16",
+                mnema_extract::dense::Precision::F32 => "f32",
+            }
+        ),
         (!fast).then_some("no AVX2/FMA (x86) or NEON (arm): models run several times slower"),
     ));
 

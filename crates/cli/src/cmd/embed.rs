@@ -34,7 +34,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     if vecs.len() > 1 {
         out("cosine similarity:")?;
         for i in 0..vecs.len() {
-            let row: Vec<String> = (0..vecs.len()).map(|j| format!("{:.3}", vecs[i].iter().zip(&vecs[j]).map(|(a, b)| a * b).sum::<f32>())).collect();
+            let row: Vec<String> =
+                (0..vecs.len()).map(|j| format!("{:.3}", vecs[i].iter().zip(&vecs[j]).map(|(a, b)| a * b).sum::<f32>())).collect();
             out(format!("  {}", row.join("  ")))?;
         }
     }

@@ -2,10 +2,10 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use mnema_server::wire::IngestOut;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mnema_ingest::{collect, Ingester, Status};
+use mnema_server::wire::IngestOut;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,8 +21,16 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let started = Instant::now();
     let (files, missing) = collect(&args.paths);
     let mut store = ctx.store()?;
-    let bar = if std::io::stderr().is_terminal() { ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} files, {elapsed} (eta {eta}) {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} files, {elapsed} (eta {eta}) {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     let report = |o: &mnema_ingest::Outcome| -> Result<()> {
         if ctx.json {
             bar.suspend(|| out_json(&IngestOut::from(o)))?;

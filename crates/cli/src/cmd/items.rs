@@ -2,8 +2,8 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use mnema_server::wire::{ChunkOut, ItemOut, ShowOut};
 use anyhow::Result;
+use mnema_server::wire::{ChunkOut, ItemOut, ShowOut};
 
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {

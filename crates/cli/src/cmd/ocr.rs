@@ -5,8 +5,8 @@ use crate::exit;
 use anyhow::{bail, Result};
 use mnema_extract::image::{decode_image, prepare_for_ocr};
 use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrPool};
-use rayon::prelude::*;
 use mnema_server::wire::OcrOut;
+use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,7 +26,6 @@ pub struct Args {
     truth: Option<PathBuf>,
 }
 
-
 pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     let truth = match &a.truth {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
@@ -40,7 +39,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         match registry.iter().find(|e| e.name == a.engine) {
             Some(e) if e.available => vec![e.name],
             Some(e) => bail!("OCR engine {} is unavailable: {}", e.name, e.reason.clone().unwrap_or_default()),
-            None => bail!("unknown OCR engine '{}' (engines: {})", a.engine, registry.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")),
+            None => {
+                bail!("unknown OCR engine '{}' (engines: {})", a.engine, registry.iter().map(|e| e.name).collect::<Vec<_>>().join(", "))
+            }
         }
     };
     if a.compare && !ctx.json {
@@ -52,7 +53,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     let mut failed = 0;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(a.images.len().max(1));
     let est = |name: &str| registry.iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
-    let load = |name: &'static str| ctx.models.acquire(&format!("ocr:{name}"), est(name), || OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers));
+    let load = |name: &'static str| {
+        ctx.models
+            .acquire(&format!("ocr:{name}"), est(name), || OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers))
+    };
     // The first engine starts while the images decode (its load is a few tenths of a second
     // that would otherwise come before any recognition); a failure shows again below.
     let prepared: Vec<_> = std::thread::scope(|s| {
@@ -70,7 +74,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
                 failed += 1;
                 eprintln!("mnema: {}: {e}", p.display());
                 if ctx.json {
-                    out_json(&OcrOut { path: p.display().to_string(), engine: names.first().copied().unwrap_or("").to_string(), text: String::new(), lines: vec![], elapsed_ms: 0.0, peak_rss_mb: 0.0, cer: None, wer: None, error: Some(e.to_string()) })?;
+                    out_json(&OcrOut {
+                        path: p.display().to_string(),
+                        engine: names.first().copied().unwrap_or("").to_string(),
+                        text: String::new(),
+                        lines: vec![],
+                        elapsed_ms: 0.0,
+                        peak_rss_mb: 0.0,
+                        cer: None,
+                        wer: None,
+                        error: Some(e.to_string()),
+                    })?;
                 }
             }
         }
@@ -92,7 +106,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             };
             let text = join_lines(&lines);
             let (cer, wer) = truth.as_deref().map(|t| error_rates(&text, t)).unzip();
-            let o = OcrOut { path: path.display().to_string(), engine: name.to_string(), text, lines, elapsed_ms: (per_image * 10.0).round() / 10.0, peak_rss_mb: mnema_server::wire::peak_rss_mb(), cer, wer, error };
+            let o = OcrOut {
+                path: path.display().to_string(),
+                engine: name.to_string(),
+                text,
+                lines,
+                elapsed_ms: (per_image * 10.0).round() / 10.0,
+                peak_rss_mb: mnema_server::wire::peak_rss_mb(),
+                cer,
+                wer,
+                error,
+            };
             if ctx.json {
                 out_json(&o)?;
             } else {

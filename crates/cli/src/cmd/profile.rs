@@ -86,7 +86,8 @@ impl Recorder {
     pub fn global() -> &'static Recorder {
         static R: OnceLock<&'static Recorder> = OnceLock::new();
         R.get_or_init(|| {
-            let r: &'static Recorder = Box::leak(Box::new(Recorder { open: Mutex::default(), stats: Mutex::default(), sampling: Mutex::default() }));
+            let r: &'static Recorder =
+                Box::leak(Box::new(Recorder { open: Mutex::default(), stats: Mutex::default(), sampling: Mutex::default() }));
             mnema_core::profile::install(Box::new(Forward(r)));
             static RUNNING: AtomicBool = AtomicBool::new(true);
             std::thread::spawn(move || {
@@ -204,7 +205,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
             .events()
             .into_iter()
             .map(|e| match e {
-                Event::Load { name, cost, elapsed } => serde_json::json!({ "event": "load", "model": name, "bytes": cost, "ms": elapsed.as_secs_f64() * 1e3 }),
+                Event::Load { name, cost, elapsed } => {
+                    serde_json::json!({ "event": "load", "model": name, "bytes": cost, "ms": elapsed.as_secs_f64() * 1e3 })
+                }
                 Event::Unload { name, reason } => serde_json::json!({ "event": "unload", "model": name, "reason": reason }),
             })
             .collect(),
@@ -223,7 +226,10 @@ fn mb(b: f64) -> String {
 
 fn print_table(r: &Report) {
     eprintln!("\nprofile of `mnema {}` (exit {})", r.command.join(" "), r.exit_code);
-    eprintln!("{:<11} {:>5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>13}", "stage", "calls", "wall ms", "cpu ms", "peak RSS MiB", "RSS Δ MiB", "swap Δ MiB", "mem stall ms");
+    eprintln!(
+        "{:<11} {:>5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>13}",
+        "stage", "calls", "wall ms", "cpu ms", "peak RSS MiB", "RSS Δ MiB", "swap Δ MiB", "mem stall ms"
+    );
     for s in &r.stages {
         eprintln!(
             "{:<11} {:>5} {:>10.1} {:>10.1} {:>12} {:>10} {:>10} {:>13}",
@@ -247,7 +253,11 @@ fn print_table(r: &Report) {
         mb(r.rss_end_bytes as f64 - r.rss_start_bytes as f64),
         mb(r.swap_delta_bytes as f64)
     );
-    eprintln!("memory budget {} MiB; RSS with models unloaded afterwards {} MiB", mb(r.memory_budget_bytes as f64), mb(r.rss_idle_bytes as f64));
+    eprintln!(
+        "memory budget {} MiB; RSS with models unloaded afterwards {} MiB",
+        mb(r.memory_budget_bytes as f64),
+        mb(r.rss_idle_bytes as f64)
+    );
     for e in &r.model_events {
         eprintln!("model {}: {}", e["event"].as_str().unwrap_or(""), e);
     }

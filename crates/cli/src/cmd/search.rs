@@ -2,10 +2,10 @@
 
 use super::{out, out_json, Ctx};
 use crate::exit;
-use mnema_server::wire::{HitOut, SearchOut};
 use anyhow::{Context, Result};
 use mnema_core::{Filters, Kind, SearchMode};
 use mnema_search::{search, SearchQuery};
+use mnema_server::wire::{HitOut, SearchOut};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]

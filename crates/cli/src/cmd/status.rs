@@ -31,6 +31,12 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         ByteSize(sys.used_swap()),
         ByteSize(sys.total_swap())
     ))?;
-    out(format!("store           {}: {} items, {} chunks, {}", ctx.config.home.display(), stats.items, stats.chunks, ByteSize(stats.db_bytes)))?;
+    out(format!(
+        "store           {}: {} items, {} chunks, {}",
+        ctx.config.home.display(),
+        stats.items,
+        stats.chunks,
+        ByteSize(stats.db_bytes)
+    ))?;
     Ok(exit::OK)
 }

@@ -29,7 +29,6 @@ pub struct Args {
     beam: u16,
 }
 
-
 fn clock(ms: i64) -> String {
     let s = ms as f64 / 1000.0;
     let m = (s / 60.0).floor();
@@ -49,8 +48,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     let mut failed = 0;
     for path in &a.files {
         let t0 = Instant::now();
-        let bar = if std::io::stderr().is_terminal() { ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
-        bar.set_style(ProgressStyle::with_template("{spinner} [{bar:30}] {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let r = mnema_ingest::transcribe_file(path, &whisper, vad.as_deref(), &opts, |done, total| {
             if let Some(t) = total {
@@ -63,12 +70,27 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         let elapsed_ms = (t0.elapsed().as_secs_f64() * 1e4).round() / 10.0;
         match r {
             Ok(t) => {
-                let o = TranscribeOut { path: path.display().to_string(), model: model.clone(), language: Some(t.language.clone()), text: t.text(), segments: t.segments.clone(), audio_ms: t.audio_ms, elapsed_ms, error: None };
+                let o = TranscribeOut {
+                    path: path.display().to_string(),
+                    model: model.clone(),
+                    language: Some(t.language.clone()),
+                    text: t.text(),
+                    segments: t.segments.clone(),
+                    audio_ms: t.audio_ms,
+                    elapsed_ms,
+                    error: None,
+                };
                 if ctx.json {
                     out_json(&o)?;
                 } else {
                     let speed = if elapsed_ms > 0.0 { t.audio_ms as f64 / elapsed_ms } else { 0.0 };
-                    out(format!("== {} [{}, {} of audio in {:.1}s, {speed:.1}× real time]", o.path, t.language, clock(t.audio_ms), elapsed_ms / 1000.0))?;
+                    out(format!(
+                        "== {} [{}, {} of audio in {:.1}s, {speed:.1}× real time]",
+                        o.path,
+                        t.language,
+                        clock(t.audio_ms),
+                        elapsed_ms / 1000.0
+                    ))?;
                     if t.segments.is_empty() {
                         out("(no speech)")?;
                     }
@@ -81,7 +103,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
                 failed += 1;
                 eprintln!("mnema: {}: {e}", path.display());
                 if ctx.json {
-                    out_json(&TranscribeOut { path: path.display().to_string(), model: model.clone(), language: None, text: String::new(), segments: vec![], audio_ms: 0, elapsed_ms, error: Some(e.to_string()) })?;
+                    out_json(&TranscribeOut {
+                        path: path.display().to_string(),
+                        model: model.clone(),
+                        language: None,
+                        text: String::new(),
+                        segments: vec![],
+                        audio_ms: 0,
+                        elapsed_ms,
+                        error: Some(e.to_string()),
+                    })?;
                 }
             }
         }

@@ -93,7 +93,13 @@ pub fn engines_in(models_dir: &std::path::Path) -> Vec<EngineInfo> {
     #[cfg(feature = "tesseract")]
     v.push(tesseract::info());
     #[cfg(not(feature = "tesseract"))]
-    v.push(EngineInfo { name: "tesseract", languages: "rus, eng", available: false, reason: Some("built without the `tesseract` feature".into()), memory: 0 });
+    v.push(EngineInfo {
+        name: "tesseract",
+        languages: "rus, eng",
+        available: false,
+        reason: Some("built without the `tesseract` feature".into()),
+        memory: 0,
+    });
     v.push(paddle::info(models_dir));
     v.push(EngineInfo {
         name: "apple-vision",
@@ -109,7 +115,10 @@ pub fn engines_in(models_dir: &std::path::Path) -> Vec<EngineInfo> {
 pub fn load_engine(name: &str, opts: &EngineOptions) -> Result<Box<dyn OcrEngine>> {
     let all = engines_in(&opts.models_dir);
     let info = all.iter().find(|e| e.name == name).cloned().ok_or_else(|| {
-        ExtractError::BadInput(format!("unknown OCR engine '{name}' (engines: {})", all.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")))
+        ExtractError::BadInput(format!(
+            "unknown OCR engine '{name}' (engines: {})",
+            all.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+        ))
     })?;
     if !info.available {
         return Err(ExtractError::BadInput(format!("OCR engine {name} is unavailable: {}", info.reason.unwrap_or_default())));
@@ -136,7 +145,10 @@ impl OcrPool {
         // Engines initialise in parallel (Tesseract's rus+eng load is ~0.17 s each).
         let engines = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers.max(1)).map(|_| s.spawn(|| load_engine(name, opts).map(Mutex::new))).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(ExtractError::BadInput(format!("OCR engine {name} panicked while loading"))))).collect::<Result<Vec<_>>>()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(ExtractError::BadInput(format!("OCR engine {name} panicked while loading")))))
+                .collect::<Result<Vec<_>>>()
         })?;
         let name = engines[0].lock().map(|e| e.name()).unwrap_or("ocr");
         Ok(OcrPool { name, engines })
@@ -159,13 +171,19 @@ impl OcrPool {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some((img, scale)) = images.get(i) else { break };
                     let _st = mnema_core::profile::stage("ocr");
-                    let r = engine.lock().map_err(|_| ExtractError::BadInput("OCR engine poisoned".into())).and_then(|mut e| e.recognize(img));
+                    let r =
+                        engine.lock().map_err(|_| ExtractError::BadInput("OCR engine poisoned".into())).and_then(|mut e| e.recognize(img));
                     let r = r.map(|lines| lines.into_iter().map(|l| unscale(l, *scale)).collect());
                     *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 });
             }
         });
-        results.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Err(ExtractError::BadInput("not recognised".into())))).collect()
+        results
+            .into_iter()
+            .map(|m| {
+                m.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Err(ExtractError::BadInput("not recognised".into())))
+            })
+            .collect()
     }
 }
 

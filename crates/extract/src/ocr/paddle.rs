@@ -27,7 +27,13 @@ pub(super) fn info(models_dir: &Path) -> EngineInfo {
         (_, Some(e)) => Some(e.to_string()),
         _ => None,
     };
-    EngineInfo { name: "paddle-ocr", languages: "chi, eng (no Cyrillic model exists)", available: reason.is_none(), reason, memory: 150 << 20 }
+    EngineInfo {
+        name: "paddle-ocr",
+        languages: "chi, eng (no Cyrillic model exists)",
+        available: reason.is_none(),
+        reason,
+        memory: 150 << 20,
+    }
 }
 
 /// A warm PP-OCR engine: detector and recogniser sessions.
@@ -55,11 +61,12 @@ impl Paddle {
         let env = crate::vad::ort_env(&onnxruntime_path(&opts.models_dir)?)?;
         let det = session(env, &files.path(DET), opts.threads)?;
         let rec = session(env, &files.path(REC), opts.threads)?;
-        let dict = rec
-            .metadata()
-            .ok()
-            .and_then(|m| m.custom("character"))
-            .ok_or_else(|| ExtractError::Model(mnema_models::ModelError::Format { path: files.path(REC), reason: "no character dictionary in the model's metadata".into() }))?;
+        let dict = rec.metadata().ok().and_then(|m| m.custom("character")).ok_or_else(|| {
+            ExtractError::Model(mnema_models::ModelError::Format {
+                path: files.path(REC),
+                reason: "no character dictionary in the model's metadata".into(),
+            })
+        })?;
         // CTC class 0 is the blank; then the dictionary; then a space.
         let mut chars = vec![String::new()];
         chars.extend(dict.lines().map(str::to_string));
@@ -175,7 +182,12 @@ fn boxes(p: &[f32], w: usize, h: usize, thresh: f32, box_thresh: f32) -> Vec<[f3
             continue;
         }
         let d = bw * bh * 1.6 / (2.0 * (bw + bh));
-        out.push([(x0 as f32 - d).max(0.0), (y0 as f32 - d).max(0.0), (x1 as f32 + 1.0 + d).min(w as f32), (y1 as f32 + 1.0 + d).min(h as f32)]);
+        out.push([
+            (x0 as f32 - d).max(0.0),
+            (y0 as f32 - d).max(0.0),
+            (x1 as f32 + 1.0 + d).min(w as f32),
+            (y1 as f32 + 1.0 + d).min(h as f32),
+        ]);
     }
     out
 }
@@ -209,7 +221,10 @@ impl OcrEngine for Paddle {
         for l in lines {
             match ordered.last_mut() {
                 // Same line (vertical centres within half a height): merge left to right.
-                Some(prev) if (prev.bbox[1] + prev.bbox[3] / 2).abs_diff(l.bbox[1] + l.bbox[3] / 2) < l.bbox[3] / 2 && l.bbox[0] >= prev.bbox[0] => {
+                Some(prev)
+                    if (prev.bbox[1] + prev.bbox[3] / 2).abs_diff(l.bbox[1] + l.bbox[3] / 2) < l.bbox[3] / 2
+                        && l.bbox[0] >= prev.bbox[0] =>
+                {
                     let right = (l.bbox[0] + l.bbox[2]).max(prev.bbox[0] + prev.bbox[2]);
                     let top = prev.bbox[1].min(l.bbox[1]);
                     let bottom = (prev.bbox[1] + prev.bbox[3]).max(l.bbox[1] + l.bbox[3]);

@@ -86,7 +86,15 @@ pub(super) fn bands(img: &GrayImage) -> Vec<Band> {
         .into_iter()
         .map(|(top, bottom)| {
             let rising = rising_share(&ink[top * w..bottom * w], w, bottom - top);
-            let script = rising.and_then(|r| if r >= LATIN_FROM { Some(Script::Latin) } else if r <= CYRILLIC_UPTO { Some(Script::Cyrillic) } else { None });
+            let script = rising.and_then(|r| {
+                if r >= LATIN_FROM {
+                    Some(Script::Latin)
+                } else if r <= CYRILLIC_UPTO {
+                    Some(Script::Cyrillic)
+                } else {
+                    None
+                }
+            });
             Band { top: top as u32, bottom: bottom as u32, script, rising }
         })
         .collect()
@@ -234,7 +242,12 @@ pub(super) mod tests {
 
     #[test]
     fn lines_are_found_and_their_scripts_told_apart() {
-        let lines = ["Отменить подписку можно в настройках", "Search by meaning and by words", "Встреча перенесена на четверг", "Weather tomorrow: sunny, 21 degrees"];
+        let lines = [
+            "Отменить подписку можно в настройках",
+            "Search by meaning and by words",
+            "Встреча перенесена на четверг",
+            "Weather tomorrow: sunny, 21 degrees",
+        ];
         for (size, font, dark) in [(16, "DejaVu-Sans", false), (24, "Liberation-Serif", true), (32, "Liberation-Sans", false)] {
             let bands = bands(&page(&lines, size, font, dark));
             assert_eq!(bands.len(), 4, "{font} {size}px: {bands:?}");
@@ -296,6 +309,9 @@ pub(super) mod tests {
         let w = img.width() as usize;
         let (first, second) = (&bands[0], &bands[1]);
         assert!(latin.as_raw()[first.top as usize * w..first.bottom as usize * w].iter().all(|&p| p > 200), "the Cyrillic line is gone");
-        assert_eq!(latin.as_raw()[second.top as usize * w..second.bottom as usize * w], img.as_raw()[second.top as usize * w..second.bottom as usize * w]);
+        assert_eq!(
+            latin.as_raw()[second.top as usize * w..second.bottom as usize * w],
+            img.as_raw()[second.top as usize * w..second.bottom as usize * w]
+        );
     }
 }

@@ -141,7 +141,11 @@ fn parse_tsv(tsv: &str) -> Vec<OcrLine> {
     lines
         .into_values()
         .filter(|a| !a.words.is_empty())
-        .map(|a| OcrLine { text: a.words.join(" "), bbox: a.bbox, conf: if a.confs.is_empty() { 0.0 } else { a.confs.iter().sum::<f32>() / a.confs.len() as f32 } })
+        .map(|a| OcrLine {
+            text: a.words.join(" "),
+            bbox: a.bbox,
+            conf: if a.confs.is_empty() { 0.0 } else { a.confs.iter().sum::<f32>() / a.confs.len() as f32 },
+        })
         .collect()
 }
 
@@ -170,7 +174,14 @@ mod tests {
         if tessdata().is_none() {
             panic!("Tesseract's rus/eng traineddata are missing (scripts/setup.sh installs them)");
         }
-        let truth = ["Отменить подписку можно в настройках", "Search by meaning and by words", "Встреча перенесена на четверг", "Weather tomorrow: sunny, 21 degrees", "Новое сообщение от Анны Петровой", "Terminal: cargo build --release"];
+        let truth = [
+            "Отменить подписку можно в настройках",
+            "Search by meaning and by words",
+            "Встреча перенесена на четверг",
+            "Weather tomorrow: sunny, 21 degrees",
+            "Новое сообщение от Анны Петровой",
+            "Terminal: cargo build --release",
+        ];
         let img = crate::ocr::script::tests::page(&truth, 24, "DejaVu-Sans", true);
         let bands = script::bands(&img);
         assert!(script::latin_split(&bands).is_some(), "this page is split: {bands:?}");

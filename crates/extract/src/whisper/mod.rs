@@ -137,7 +137,11 @@ pub fn estimate_cost(models_dir: &Path, name: &str) -> u64 {
 fn language_codes() -> &'static [&'static str] {
     // Whisper's language tokens, in token order (50259 = en …).
     &[
-        "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su", "yue",
+        "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id", "hi", "fi", "vi", "he", "uk",
+        "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn",
+        "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn",
+        "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my",
+        "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su", "yue",
     ]
 }
 
@@ -149,22 +153,30 @@ pub fn load_whisper(models_dir: &Path, name: &str) -> Result<Whisper> {
     }
     let files = ModelFiles::require(models_dir, name, &["tokenizer.json"], &["model.bin", "model.safetensors"])?;
     let tk_path = files.path("tokenizer.json");
-    let tokenizer = std::thread::spawn(move || Tokenizer::from_file(&tk_path).map_err(|e| ExtractError::Tokenizer { path: tk_path.clone(), reason: e.to_string() }));
+    let tokenizer = std::thread::spawn(move || {
+        Tokenizer::from_file(&tk_path).map_err(|e| ExtractError::Tokenizer { path: tk_path.clone(), reason: e.to_string() })
+    });
     let ct2 = files.path("model.bin");
     let model = if ct2.is_file() {
         WhisperModel::from_ct2(&mnema_models::ct2::Ct2File::open(&ct2)?)?
     } else {
         WhisperModel::from_safetensors(&files.path("model.safetensors"), 8)?
     };
-    let tokenizer = tokenizer.join().map_err(|_| ExtractError::Tokenizer { path: files.path("tokenizer.json"), reason: "loader panicked".into() })??;
+    let tokenizer = tokenizer
+        .join()
+        .map_err(|_| ExtractError::Tokenizer { path: files.path("tokenizer.json"), reason: "loader panicked".into() })??;
     let id = |t: &str| tokenizer.token_to_id(t);
-    let need = |t: &str| id(t).ok_or_else(|| ExtractError::Tokenizer { path: files.path("tokenizer.json"), reason: format!("special token {t} missing") });
+    let need = |t: &str| {
+        id(t).ok_or_else(|| ExtractError::Tokenizer { path: files.path("tokenizer.json"), reason: format!("special token {t} missing") })
+    };
     let no_timestamps = need("<|notimestamps|>")?;
     let sp = Specials {
         eot: need("<|endoftext|>")?,
         sot: need("<|startoftranscript|>")?,
         transcribe: need("<|transcribe|>")?,
-        no_speech: id("<|nospeech|>").or_else(|| id("<|nocaptions|>")).ok_or_else(|| ExtractError::Tokenizer { path: files.path("tokenizer.json"), reason: "no-speech token missing".into() })?,
+        no_speech: id("<|nospeech|>")
+            .or_else(|| id("<|nocaptions|>"))
+            .ok_or_else(|| ExtractError::Tokenizer { path: files.path("tokenizer.json"), reason: "no-speech token missing".into() })?,
         no_timestamps,
         ts_begin: no_timestamps + 1,
         first_lang: need("<|en|>")?,
@@ -173,7 +185,14 @@ pub fn load_whisper(models_dir: &Path, name: &str) -> Result<Whisper> {
     // The list of non-speech tokens to suppress comes with the model (config.json), else
     // Whisper's defaults are derived from the special tokens alone.
     let config: Option<serde_json::Value> = std::fs::read(files.path("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let ids = |k: &str| -> Vec<u32> { config.as_ref().and_then(|c| c.get(k)).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()).unwrap_or_default() };
+    let ids = |k: &str| -> Vec<u32> {
+        config
+            .as_ref()
+            .and_then(|c| c.get(k))
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect())
+            .unwrap_or_default()
+    };
     // CTranslate2's config names them `suppress_ids*`, the hub's `*suppress_tokens`.
     let mut suppress = ids("suppress_ids");
     suppress.extend(ids("suppress_tokens"));
@@ -187,7 +206,12 @@ pub fn load_whisper(models_dir: &Path, name: &str) -> Result<Whisper> {
         suppress_begin = tokenizer.encode(" ", false).map(|e| e.get_ids().to_vec()).unwrap_or_default();
         suppress_begin.push(sp.eot);
     }
-    let languages = language_codes().iter().enumerate().map(|(i, c)| (c.to_string(), sp.first_lang + i as u32)).filter(|(_, t)| *t <= sp.last_lang).collect();
+    let languages = language_codes()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), sp.first_lang + i as u32))
+        .filter(|(_, t)| *t <= sp.last_lang)
+        .collect();
     mnema_models::release_free_memory();
     let n_mels = model.shape.n_mels;
     Ok(Whisper { name: name.into(), model, tokenizer, mel: Mel::new(n_mels), sp, suppress, suppress_begin, languages })
@@ -249,7 +273,11 @@ impl Whisper {
     }
 
     fn lang_token(&self, code: &str) -> Result<u32> {
-        self.languages.iter().find(|(c, _)| c == code).map(|(_, t)| *t).ok_or_else(|| ExtractError::BadInput(format!("unknown language '{code}' (e.g. ru, en)")))
+        self.languages
+            .iter()
+            .find(|(c, _)| c == code)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| ExtractError::BadInput(format!("unknown language '{code}' (e.g. ru, en)")))
     }
 
     /// Encodes one window of samples (zero-padded to 30 s).
@@ -387,7 +415,10 @@ impl Whisper {
         if finished.is_empty() {
             finished.extend(beams.into_iter().map(|(t, s, _, _)| (t, s)));
         }
-        let (tokens, sum) = finished.into_iter().max_by(|a, b| (a.1 / (a.0.len() + 1) as f64).total_cmp(&(b.1 / (b.0.len() + 1) as f64))).unwrap_or_default();
+        let (tokens, sum) = finished
+            .into_iter()
+            .max_by(|a, b| (a.1 / (a.0.len() + 1) as f64).total_cmp(&(b.1 / (b.0.len() + 1) as f64)))
+            .unwrap_or_default();
         Ok(self.attempt(tokens, sum, no_speech_prob))
     }
 
@@ -403,7 +434,13 @@ impl Whisper {
 
     fn attempt(&self, tokens: Vec<u32>, sum_lp: f64, no_speech_prob: f64) -> Attempt {
         let text = self.text_of(&tokens);
-        Attempt { avg_logprob: sum_lp / (tokens.len() + 1) as f64, no_speech_prob, compression_ratio: compression_ratio(&text), text, tokens }
+        Attempt {
+            avg_logprob: sum_lp / (tokens.len() + 1) as f64,
+            no_speech_prob,
+            compression_ratio: compression_ratio(&text),
+            text,
+            tokens,
+        }
     }
 
     fn decode(&self, start: &model::DecoderState, lang: u32, temperature: f32, rng: &mut Rng) -> Result<Attempt> {
@@ -448,7 +485,13 @@ impl Whisper {
     }
 
     /// Transcribes a whole stream. `progress(done_ms, total_ms)` is called after each window.
-    pub fn transcribe(&self, stream: &mut AudioStream, vad: Option<&mut dyn Vad>, opts: &TranscribeOptions, mut progress: impl FnMut(i64, Option<i64>)) -> Result<Transcript> {
+    pub fn transcribe(
+        &self,
+        stream: &mut AudioStream,
+        vad: Option<&mut dyn Vad>,
+        opts: &TranscribeOptions,
+        mut progress: impl FnMut(i64, Option<i64>),
+    ) -> Result<Transcript> {
         let mut vad = vad;
         let total_ms = stream.duration_ms.map(|d| d as i64);
         let mut buf: Vec<f32> = Vec::with_capacity(WINDOW);
@@ -462,7 +505,7 @@ impl Whisper {
         let mut segments = Vec::new();
         let mut silent = 0;
         let mut skipped = 0usize; // samples
-        // Speech probability per VAD frame, from the start of the file (4 bytes per 32 ms).
+                                  // Speech probability per VAD frame, from the start of the file (4 bytes per 32 ms).
         let mut probs: Vec<f32> = Vec::new();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         loop {
@@ -541,7 +584,11 @@ impl Whisper {
             let mut tried: Vec<Attempt> = Vec::new();
             let mut accepted = None;
             for &t in &opts.temperatures {
-                let a = if t <= 0.0 && opts.beam > 1 { self.decode_beam(&start, lang, opts.beam)? } else { self.decode(&start, lang, t, &mut rng)? };
+                let a = if t <= 0.0 && opts.beam > 1 {
+                    self.decode_beam(&start, lang, opts.beam)?
+                } else {
+                    self.decode(&start, lang, t, &mut rng)?
+                };
                 attempts += 1;
                 let too_repetitive = a.compression_ratio > opts.compression_ratio_threshold;
                 let too_unlikely = a.avg_logprob < opts.logprob_threshold;
@@ -616,7 +663,11 @@ impl Whisper {
         let mk = |start: f64, end: f64, toks: &[u32]| -> Option<Segment> {
             let text = self.text_of(toks);
             let (start, end) = (start.min(window_s), end.min(window_s));
-            (!text.is_empty()).then(|| Segment { start_ms: ((offset_s + start) * 1000.0).round() as i64, end_ms: ((offset_s + end.max(start)) * 1000.0).round() as i64, text })
+            (!text.is_empty()).then(|| Segment {
+                start_ms: ((offset_s + start) * 1000.0).round() as i64,
+                end_ms: ((offset_s + end.max(start)) * 1000.0).round() as i64,
+                text,
+            })
         };
         let single_ending = tokens.len() >= 2 && !is_ts(tokens[tokens.len() - 2]) && is_ts(tokens[tokens.len() - 1]);
         let mut cuts: Vec<usize> = (1..tokens.len()).filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i])).collect();

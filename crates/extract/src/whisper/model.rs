@@ -9,8 +9,8 @@
 
 use crate::dense::{Dense, Precision};
 use crate::Result;
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 use mnema_models::ct2::Ct2File;
 use std::collections::HashMap;
@@ -185,7 +185,10 @@ struct HfSource {
 
 impl HfSource {
     fn get(&self, name: &str) -> Result<Tensor> {
-        let t = self.t.get(name).ok_or_else(|| mnema_models::ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} missing") })?;
+        let t = self
+            .t
+            .get(name)
+            .ok_or_else(|| mnema_models::ModelError::Format { path: self.path.clone(), reason: format!("tensor {name} missing") })?;
         Ok(t.to_dtype(DType::F32)?)
     }
 
@@ -209,7 +212,16 @@ impl Source for HfSource {
         let parts: Vec<&str> = name.split('/').collect();
         let side = parts[0]; // encoder | decoder
         let base = format!("model.{side}");
-        let wb = |s: &str| if s == "gamma" { "weight" } else if s == "beta" { "bias" } else { s }.to_string();
+        let wb = |s: &str| {
+            if s == "gamma" {
+                "weight"
+            } else if s == "beta" {
+                "bias"
+            } else {
+                s
+            }
+            .to_string()
+        };
         match parts.as_slice() {
             [_, "conv1" | "conv2", wt] => self.get(&format!("{base}.{}.{wt}", parts[1])),
             [_, "position_encodings", _] => self.get(&format!("{base}.embed_positions.weight")),
@@ -249,9 +261,19 @@ fn layer_norm(s: &dyn Source, name: &str) -> Result<LayerNorm> {
 
 fn attn(s: &dyn Source, p: &str, cross: bool) -> Result<Attn> {
     Ok(if cross {
-        Attn { q_or_qkv: linear(s, &format!("{p}/linear_0"))?, kv: Some(linear(s, &format!("{p}/linear_1"))?), out: linear(s, &format!("{p}/linear_2"))?, ln: layer_norm(s, &format!("{p}/layer_norm"))? }
+        Attn {
+            q_or_qkv: linear(s, &format!("{p}/linear_0"))?,
+            kv: Some(linear(s, &format!("{p}/linear_1"))?),
+            out: linear(s, &format!("{p}/linear_2"))?,
+            ln: layer_norm(s, &format!("{p}/layer_norm"))?,
+        }
     } else {
-        Attn { q_or_qkv: linear(s, &format!("{p}/linear_0"))?, kv: None, out: linear(s, &format!("{p}/linear_1"))?, ln: layer_norm(s, &format!("{p}/layer_norm"))? }
+        Attn {
+            q_or_qkv: linear(s, &format!("{p}/linear_0"))?,
+            kv: None,
+            out: linear(s, &format!("{p}/linear_1"))?,
+            ln: layer_norm(s, &format!("{p}/layer_norm"))?,
+        }
     })
 }
 
@@ -274,7 +296,12 @@ fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
         SpeechDtype::F32 => Ok(l),
     };
     let wide = |l: Lin| if dtype == SpeechDtype::Bf16 { l.dense() } else { Ok(l) };
-    let cross = b.cross.map(|c| -> Result<Attn> { Ok(Attn { q_or_qkv: c.q_or_qkv.quantized()?, kv: c.kv.map(wide).transpose()?, out: c.out.quantized()?, ln: c.ln }) }).transpose()?;
+    let cross = b
+        .cross
+        .map(|c| -> Result<Attn> {
+            Ok(Attn { q_or_qkv: c.q_or_qkv.quantized()?, kv: c.kv.map(wide).transpose()?, out: c.out.quantized()?, ln: c.ln })
+        })
+        .transpose()?;
     Ok(Block {
         attn: Attn { q_or_qkv: lin(b.attn.q_or_qkv)?, kv: None, out: lin(b.attn.out)?, ln: b.attn.ln },
         cross,
@@ -350,15 +377,23 @@ impl WhisperModel {
     /// Builds the model from a CTranslate2 `WhisperSpec` file.
     pub fn from_ct2(f: &Ct2File) -> Result<WhisperModel> {
         if f.spec != "WhisperSpec" {
-            return Err(mnema_models::ModelError::Format { path: f.path().into(), reason: format!("spec is {}, expected WhisperSpec", f.spec) }.into());
+            return Err(mnema_models::ModelError::Format {
+                path: f.path().into(),
+                reason: format!("spec is {}, expected WhisperSpec", f.spec),
+            }
+            .into());
         }
         Self::build(&Ct2Source(f), f.names())
     }
 
     /// Builds the model from Hugging Face safetensors (`openai/whisper-*`).
     pub fn from_safetensors(path: &std::path::Path, heads: usize) -> Result<WhisperModel> {
-        let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| mnema_models::ModelError::Format { path: path.into(), reason: e.to_string() })?;
-        let names: Vec<String> = t.keys().map(|k| k.replace("model.encoder.layers.", "encoder/layer_").replace("model.decoder.layers.", "decoder/layer_")).collect();
+        let t = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| mnema_models::ModelError::Format { path: path.into(), reason: e.to_string() })?;
+        let names: Vec<String> = t
+            .keys()
+            .map(|k| k.replace("model.encoder.layers.", "encoder/layer_").replace("model.decoder.layers.", "decoder/layer_"))
+            .collect();
         let src = HfSource { t, heads, path: path.into() };
         Self::build(&src, names.iter().map(String::as_str))
     }
@@ -493,7 +528,10 @@ impl WhisperModel {
         let d = self.shape.d_model;
         let mut rows = Vec::with_capacity(t * d);
         for &id in tokens {
-            let r = self.tok_rows.get(id as usize * d..(id as usize + 1) * d).ok_or_else(|| crate::ExtractError::BadInput(format!("token {id} outside the vocabulary")))?;
+            let r = self
+                .tok_rows
+                .get(id as usize * d..(id as usize + 1) * d)
+                .ok_or_else(|| crate::ExtractError::BadInput(format!("token {id} outside the vocabulary")))?;
             rows.extend(r.iter().map(|&b| mnema_models::e5q4::f16_to_f32(b)));
         }
         let mut x = Tensor::from_vec(rows, (t, d), &Device::Cpu)?.broadcast_add(&self.dec_pos.narrow(0, st.len, t)?)?.unsqueeze(0)?;
