@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mnema-target}
 export CARGO_TERM_COLOR=never
 scripts/setup.sh --no-build
+# Formatting and lints first: they fail in seconds, before the long build.
+cargo fmt --all --check
+cargo clippy --release --locked --workspace --all-targets -q -- -D warnings
 cargo test --release --locked --workspace
 cargo bench --locked --workspace --no-run -q
 if [ -f ../shared/check-contract.py ]; then
@@ -15,3 +18,6 @@ if [ -f ../shared/check-contract.py ]; then
 fi
 # The web UI in headless Chromium against a real server (screenshots: $CARGO_TARGET_DIR/ui-artifacts).
 MNEMA_BIN="$CARGO_TARGET_DIR/release/mnema" node tests/ui/ui.test.mjs
+# The reliability suite, short form: kill -9 of ingest and serve at random points, concurrent
+# writers under search load, a one-minute soak (the full run: tests/reliability/suite.py all).
+MNEMA_BIN="$CARGO_TARGET_DIR/release/mnema" python3 tests/reliability/suite.py all --quick --report "$CARGO_TARGET_DIR/reliability-quick.json"
