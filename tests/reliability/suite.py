@@ -162,15 +162,20 @@ def corpus_files(root):
 
 
 def change_some(root, rnd, round_no):
-    """Changes a few notes (new text) and one image (a new line): a re-ingest of changed files."""
+    """Changes a few notes (new text), one image (a new line) and now and then a recording (new
+    padding): the next run re-ingests changed files, removing old vectors and adding new ones."""
     notes = sorted(os.listdir(os.path.join(root, "notes")))
-    changed = rnd.sample(notes, 3)
+    changed = rnd.sample(notes, 5)
     for name in changed:
         with open(os.path.join(root, "notes", name), "a", encoding="utf-8") as f:
             f.write(f"\nДобавлено в раунде {round_no}: проверить ещё раз. Added in round {round_no}.\n")
     i = rnd.randrange(len(IMAGE_TEXTS))
     draw_image(os.path.join(root, "images", f"shot-{i}.png"), IMAGE_TEXTS[i] + [f"Round {round_no} / Раунд {round_no}"], dark=i % 2 == 1)
-    return changed
+    if round_no % 3 == 1:
+        memo = os.path.join(root, "audio", "memo-0.wav")
+        run(["sox", memo, memo + ".tmp.wav", "pad", "0", "0.1"])
+        os.replace(memo + ".tmp.wav", memo)
+    return len(changed) + 1 + (round_no % 3 == 1)
 
 
 # --- the binary and the server -----------------------------------------------------------------
@@ -336,6 +341,22 @@ def fresh(work, name):
     return root, home
 
 
+def kill_after_lines(p, k, rnd):
+    """Kills `p` (kill -9) a random moment after its k-th line of JSON output; True if it was
+    still running."""
+    seen = 0
+    while seen < k:
+        line = p.stdout.readline()
+        if not line:
+            break
+        seen += 1
+    time.sleep(rnd.uniform(0, 1.5))
+    alive = p.poll() is None
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    return alive
+
+
 def crash_ingest(work, rounds, rnd):
     root, home = fresh(work, "crash-ingest")
     t0 = time.time()
@@ -343,24 +364,22 @@ def crash_ingest(work, rounds, rnd):
     clean = time.time() - t0
     verify(home, root)
     say(f"crash-ingest: clean ingest {clean:.1f} s")
-    kills = []
+    mid = 0
     for r in range(rounds):
-        if r % 2 == 1:
-            change_some(root, rnd, r)
-        if r % 4 == 3:
+        work_files = change_some(root, rnd, r)
+        if r % 3 == 2:
             # From scratch now and then, so kills land in first-time ingest too.
             shutil.rmtree(home)
-        at = rnd.uniform(0.05, 1.0) * clean
-        p = spawn_mnema(home, "ingest", root)
-        time.sleep(at)
-        alive = p.poll() is None
-        p.send_signal(signal.SIGKILL)
-        p.communicate()
-        kills.append(round(at, 2))
+            work_files = len(corpus_files(root))
+        # One JSON line per file (unchanged ones too): kills spread over the whole run.
+        k = rnd.randrange(0, len(corpus_files(root)))
+        p = spawn_mnema(home, "--json", "ingest", root)
+        alive = kill_after_lines(p, k, rnd)
+        mid += alive
         mnema(home, "ingest", root)
         f = verify(home, root)
-        say(f"crash-ingest round {r + 1}/{rounds}: kill -9 at {at:.2f} s ({'mid-run' if alive else 'after exit'}), verified {f['items']} items")
-    return {"rounds": rounds, "clean_ingest_s": round(clean, 1), "kill_times_s": kills}
+        say(f"crash-ingest round {r + 1}/{rounds}: kill -9 {'mid-run' if alive else 'after exit'} after {k} files ({work_files} to redo), verified {f['items']} items")
+    return {"rounds": rounds, "kills_mid_run": mid, "clean_ingest_s": round(clean, 1)}
 
 
 def crash_serve(work, rounds, rnd):
@@ -372,18 +391,25 @@ def crash_serve(work, rounds, rnd):
     verify(home, root, srv)
     srv.stop()
     say(f"crash-serve: clean API ingest {clean:.1f} s")
-    kills = []
+    mid = 0
     for r in range(rounds):
-        if r % 2 == 1:
-            change_some(root, rnd, r)
-        if r % 4 == 3:
+        work_files = change_some(root, rnd, r)
+        if r % 3 == 2:
             shutil.rmtree(home)
+            work_files = len(corpus_files(root))
         srv = Server(home, allow=[root])
         job = srv.ingest([root])
-        at = rnd.uniform(0.05, 1.0) * clean
-        time.sleep(at)
+        k = rnd.randrange(0, len(corpus_files(root)))
+        while True:
+            st, v = srv.json("GET", f"/api/jobs/{job}")
+            if v.get("done") or v.get("done_files", 0) >= k:
+                break
+            time.sleep(0.05)
+        time.sleep(rnd.uniform(0, 1.5))
+        st, v = srv.json("GET", f"/api/jobs/{job}")
+        alive = not v.get("done")
+        mid += alive
         srv.kill9()
-        kills.append(round(at, 2))
         srv = Server(home, allow=[root])
         v = srv.wait_job(srv.ingest([root]))
         check(not v.get("error") and v.get("failed", 0) == 0, f"rerun job failed: {v.get('error')} {v.get('failed')}")
@@ -391,8 +417,8 @@ def crash_serve(work, rounds, rnd):
             f = verify(home, root, srv)
         finally:
             srv.stop()
-        say(f"crash-serve round {r + 1}/{rounds}: kill -9 at {at:.2f} s (job {job}), verified {f['items']} items")
-    return {"rounds": rounds, "clean_api_ingest_s": round(clean, 1), "kill_times_s": kills}
+        say(f"crash-serve round {r + 1}/{rounds}: kill -9 {'mid-job' if alive else 'after the job'} after {k} files ({work_files} to redo), verified {f['items']} items")
+    return {"rounds": rounds, "kills_mid_job": mid, "clean_api_ingest_s": round(clean, 1)}
 
 
 QUERIES = ["как приготовить борщ", "beet soup recipe", "идеи по векторизации", "rate limit", "лимит запросов",
