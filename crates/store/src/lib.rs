@@ -99,6 +99,8 @@ pub struct Store {
     index_path: Option<PathBuf>,
     /// `meta.store_id`: ties an index file to this database.
     store_id: String,
+    /// The embedder once the store has one (it never changes afterwards).
+    embedder: std::cell::OnceCell<(String, usize)>,
     vectors: Option<VectorIndex>,
 }
 
@@ -180,7 +182,7 @@ impl Store {
         schema::migrate(&mut conn).map_err(|e| StoreError::Open(format!("database {}: {e}", db_path.display())))?;
         let store_id: String =
             conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| r.get(0)).optional().map_err(sql)?.unwrap_or_default();
-        Ok(Store { conn, db_path, index_path, store_id, vectors: None })
+        Ok(Store { conn, db_path, index_path, store_id, embedder: std::cell::OnceCell::new(), vectors: None })
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -198,9 +200,16 @@ impl Store {
 
     /// The embedding model and dimension the stored vectors come from, if any.
     pub fn embedder(&self) -> Result<Option<(String, usize)>> {
+        if let Some(e) = self.embedder.get() {
+            return Ok(Some(e.clone()));
+        }
         let name = self.meta_get("embedder")?;
         let dim = self.meta_get("dim")?.and_then(|d| d.parse().ok());
-        Ok(name.zip(dim))
+        let found = name.zip(dim);
+        if let Some(e) = &found {
+            let _ = self.embedder.set(e.clone());
+        }
+        Ok(found)
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front, so a
