@@ -299,3 +299,40 @@ fn data_files_are_private() {
     }
     assert!(seen.values().all(|m| m & 0o077 == 0), "{seen:?}");
 }
+
+#[test]
+fn a_database_from_before_the_vector_log_is_upgraded_and_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Schema 1 as the previous release wrote it, with vectors and an old-style marker.
+        let conn = rusqlite::Connection::open(dir.path().join("mnema.db")).unwrap();
+        conn.execute_batch(mnema_store::schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch("INSERT INTO meta VALUES ('embedder', 'test'), ('dim', '384'), ('vectors_gen', '7');").unwrap();
+        for i in 0..30i64 {
+            conn.execute(
+                "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at) VALUES (?1, 'note', 'x', 1, ?2, ?2)",
+                rusqlite::params![format!("/old/{i}.md"), i],
+            )
+            .unwrap();
+            let blob: Vec<u8> = vector(i as u64).iter().flat_map(|x| x.to_le_bytes()).collect();
+            conn.execute(
+                "INSERT INTO chunks (item_id, seq, text, start, end, vector) VALUES (?1, 0, 'x', 0, 1, ?2)",
+                rusqlite::params![conn.last_insert_rowid(), blob],
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("vectors.usearch.gen"), "7").unwrap();
+    }
+    let mut s = Store::open(dir.path()).unwrap();
+    assert_all_found(&mut s, "upgraded");
+    // New writes after the upgrade get ids above every old one and are logged.
+    let last = s.item_by_path("/old/29.md").unwrap().unwrap();
+    assert!(s.delete_item(last.id).unwrap());
+    put(&mut s, "/new/0.md", 500, 2);
+    drop(s);
+    let mut s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.stats().unwrap().items, 30);
+    assert_all_found(&mut s, "after writes on the upgraded store");
+    assert!(s.check_index().unwrap().ok);
+}
