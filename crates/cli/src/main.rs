@@ -79,6 +79,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything mnema creates (database, index, uploads, temporary files) is private to
+    // the user: 0700 directories, 0600 files.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     // Tesseract's OpenMP threads busy-wait: on few cores OCR runs 5-6× slower with them.
     // mnema parallelises across images instead. libgomp reads its settings when it is loaded,
     // before `main`, so setting the variable here would be too late: the process re-executes

@@ -9,7 +9,7 @@ pub mod schema;
 pub mod vectors;
 
 use mnema_core::{text, Chunk, Filters, Item, Kind};
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql, TransactionBehavior};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use vectors::{from_blob, to_blob, VectorIndex};
@@ -97,15 +97,70 @@ pub struct Store {
     conn: Connection,
     db_path: PathBuf,
     index_path: Option<PathBuf>,
+    /// `meta.store_id`: ties an index file to this database.
+    store_id: String,
+    /// The embedder once the store has one (it never changes afterwards).
+    embedder: std::cell::OnceCell<(String, usize)>,
     vectors: Option<VectorIndex>,
 }
 
+/// How the vector index compares with SQLite (`Store::check_index`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexCheck {
+    /// Chunks with a vector in SQLite.
+    pub sqlite_vectors: u64,
+    /// Live (searchable) vectors in the index.
+    pub index_vectors: u64,
+    /// SQLite vectors the index lacks.
+    pub missing: u64,
+    /// Index vectors SQLite no longer has.
+    pub extra: u64,
+    /// True when the index holds exactly SQLite's vectors.
+    pub ok: bool,
+}
+
+/// Log rows kept for catching up; older generations are pruned when the log is twice this
+/// long (an index further behind is rebuilt, which then costs about as much as replaying).
+const LOG_KEEP: i64 = 50_000;
+
+/// Attempts of a write transaction that SQLite reports busy after its busy timeout.
+const WRITE_ATTEMPTS: u32 = 8;
+
+fn is_busy(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sql { source: rusqlite::Error::SqliteFailure(f, _), .. }
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Owner-only data directory (0700), tightening an existing one; best effort.
+fn private_dir(home: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(home) {
+            if m.permissions().mode() & 0o077 != 0 {
+                if let Err(e) = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)) {
+                    tracing::warn!("cannot make data directory {} private: {e}", home.display());
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = home;
+}
+
 impl Store {
-    /// Opens (creating if needed) the store in data directory `home`.
+    /// Opens (creating if needed) the store in data directory `home`. The directory is made
+    /// owner-only (0700) and the database, its WAL and the index files owner-only (0600).
     pub fn open(home: &Path) -> Result<Store> {
         std::fs::create_dir_all(home).map_err(|e| StoreError::Open(format!("cannot create data directory {}: {e}", home.display())))?;
+        private_dir(home);
         let db_path = home.join("mnema.db");
         let conn = Connection::open(&db_path).map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
+        // Before WAL mode creates -wal and -shm: SQLite gives them the database's mode.
+        vectors::private(&db_path);
+        for f in ["mnema.db-wal", "mnema.db-shm", "vectors.usearch", "vectors.usearch.gen", "vectors.usearch.lock"] {
+            vectors::private(&home.join(f));
+        }
         Self::init(conn, db_path, Some(home.join("vectors.usearch")))
     }
 
@@ -117,14 +172,17 @@ impl Store {
 
     fn init(mut conn: Connection, db_path: PathBuf, index_path: Option<PathBuf>) -> Result<Store> {
         let sql = |source| StoreError::Sql { path: db_path.clone(), source };
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql)?;
+        // Writers wait for each other (the busy handler) instead of failing at once.
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(sql)?;
         // WAL: readers (search, the server) never block the writer (ingest) and a killed
         // writer loses at most its open transaction.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
         schema::migrate(&mut conn).map_err(|e| StoreError::Open(format!("database {}: {e}", db_path.display())))?;
-        Ok(Store { conn, db_path, index_path, vectors: None })
+        let store_id: String =
+            conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| r.get(0)).optional().map_err(sql)?.unwrap_or_default();
+        Ok(Store { conn, db_path, index_path, store_id, embedder: std::cell::OnceCell::new(), vectors: None })
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -137,66 +195,161 @@ impl Store {
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<String>> {
-        self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(|e| self.sql(e))
+        meta_get(&self.conn, key).map_err(|e| self.sql(e))
     }
 
     /// The embedding model and dimension the stored vectors come from, if any.
     pub fn embedder(&self) -> Result<Option<(String, usize)>> {
+        if let Some(e) = self.embedder.get() {
+            return Ok(Some(e.clone()));
+        }
         let name = self.meta_get("embedder")?;
         let dim = self.meta_get("dim")?.and_then(|d| d.parse().ok());
-        Ok(name.zip(dim))
+        let found = name.zip(dim);
+        if let Some(e) = &found {
+            let _ = self.embedder.set(e.clone());
+        }
+        Ok(found)
     }
 
-    fn vectors_gen(&self) -> Result<i64> {
-        Ok(self.meta_get("vectors_gen")?.and_then(|g| g.parse().ok()).unwrap_or(0))
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front, so a
+    /// concurrent writer makes this one wait (busy timeout) instead of failing on a read lock
+    /// that cannot be upgraded. Still busy after the timeout: retried a few times.
+    fn write<T>(&mut self, mut f: impl FnMut(&rusqlite::Transaction<'_>, &Path) -> Result<T>) -> Result<T> {
+        let path = self.db_path.clone();
+        let sqlerr = |source| StoreError::Sql { path: path.clone(), source };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlerr)
+                .and_then(|tx| f(&tx, &path).and_then(|v| tx.commit().map(|_| v).map_err(sqlerr)));
+            match r {
+                Err(e) if attempt < WRITE_ATTEMPTS && is_busy(&e) => {
+                    tracing::debug!("database busy, retrying: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(5)));
+                }
+                r => return r,
+            }
+        }
     }
 
-    /// The vector index, loaded from its file or rebuilt from SQLite when stale.
+    /// The vector index, loaded (or rebuilt) and brought up to the database's generation:
+    /// every committed vector is searchable, whichever process committed it.
     fn index(&mut self) -> Result<Option<&mut VectorIndex>> {
+        let Some((_, dim)) = self.embedder()? else { return Ok(None) };
+        if self.vectors.as_ref().is_some_and(|v| v.needs_rebuild()) {
+            tracing::info!("vector index has {} tombstones: rebuilding", self.vectors.as_ref().map_or(0, VectorIndex::tombstones));
+            self.vectors = None;
+            let idx = rebuild_index(&self.conn, &self.db_path, dim, self.index_path.as_deref())?;
+            self.vectors = Some(idx);
+        }
         if self.vectors.is_none() {
-            let Some((_, dim)) = self.embedder()? else { return Ok(None) };
-            let gen = self.vectors_gen()?;
-            let loaded = self.index_path.as_deref().and_then(|p| VectorIndex::load(dim, p, gen));
+            let loaded = self.index_path.as_deref().and_then(|p| VectorIndex::load(dim, p, &self.store_id));
             let idx = match loaded {
                 Some(v) => v,
-                None => self.rebuild_index(dim)?,
+                None => rebuild_index(&self.conn, &self.db_path, dim, self.index_path.as_deref())?,
             };
             self.vectors = Some(idx);
         }
+        self.catch_up(dim)?;
         Ok(self.vectors.as_mut())
     }
 
-    fn rebuild_index(&self, dim: usize) -> Result<VectorIndex> {
-        tracing::info!("rebuilding vector index from {}", self.db_path.display());
-        let mut idx = VectorIndex::new(dim, self.index_path.as_deref())?;
-        let n: i64 =
-            self.conn.query_row("SELECT count(*) FROM chunks WHERE vector IS NOT NULL", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
-        idx.reserve_more(n as usize)?;
-        let mut stmt = self.conn.prepare("SELECT id, vector FROM chunks WHERE vector IS NOT NULL").map_err(|e| self.sql(e))?;
-        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
-        // In slices, so a rebuild of a million vectors never holds them all as f32 at once.
-        let mut batch = Vec::with_capacity(16_384);
-        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
-            let id: i64 = r.get(0).map_err(|e| self.sql(e))?;
-            let blob = r.get_ref(1).map_err(|e| self.sql(e))?.as_blob().map_err(|e| self.sql(e.into()))?;
-            batch.push((id, from_blob(blob)));
-            if batch.len() == batch.capacity() {
-                idx.add_many(&batch)?;
-                batch.clear();
+    /// Replays the vector log from the index's generation to the database's (cheap when
+    /// nothing moved: one indexed read), or rebuilds when the log no longer reaches back.
+    fn catch_up(&mut self, dim: usize) -> Result<()> {
+        let Some(idx) = self.vectors.as_mut() else { return Ok(()) };
+        let sqlerr = |source| StoreError::Sql { path: self.db_path.clone(), source };
+        let at = idx.gen();
+        if gen_of(&self.conn).map_err(sqlerr)? == at {
+            return Ok(());
+        }
+        // One read transaction: the generation, the log and the vectors are one snapshot.
+        let tx = self.conn.unchecked_transaction().map_err(sqlerr)?;
+        let now = gen_of(&tx).map_err(sqlerr)?;
+        let floor: i64 = meta_get(&tx, "log_floor").map_err(sqlerr)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        if now < at || at < floor {
+            drop(tx);
+            tracing::info!("vector index at generation {at}, database at {now} (log from {floor}): rebuilding");
+            self.vectors = None;
+            self.vectors = Some(rebuild_index(&self.conn, &self.db_path, dim, self.index_path.as_deref())?);
+            return Ok(());
+        }
+        let touched: Vec<i64> = {
+            let mut s = tx.prepare_cached("SELECT DISTINCT chunk_id FROM vector_log WHERE gen > ?1 AND gen <= ?2").map_err(sqlerr)?;
+            let rows = s.query_map([at, now], |r| r.get(0)).map_err(sqlerr)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sqlerr)?
+        };
+        let mut adds = Vec::new();
+        let mut removes = Vec::new();
+        {
+            let mut s = tx.prepare_cached("SELECT vector FROM chunks WHERE id = ?1 AND vector IS NOT NULL").map_err(sqlerr)?;
+            for id in touched {
+                let v: Option<Vec<u8>> = s.query_row([id], |r| r.get(0)).optional().map_err(sqlerr)?;
+                match (idx.contains(id), v) {
+                    (true, None) => removes.push(id),
+                    (false, Some(b)) => adds.push((id, from_blob(&b))),
+                    _ => {}
+                }
             }
         }
-        if !batch.is_empty() {
-            idx.add_many(&batch)?;
+        drop(tx);
+        for id in removes {
+            idx.remove(id)?;
         }
-        Ok(idx)
+        idx.add_many(&adds)?;
+        idx.set_gen(now);
+        Ok(())
     }
 
-    /// Saves the vector index if it changed. Called after a batch of writes; also on drop.
+    /// Saves the vector index, under the generation it reflects, if it changed. Called after a
+    /// batch of writes; also on drop.
     pub fn flush(&mut self) -> Result<()> {
-        let gen = self.vectors_gen()?;
         if let Some(v) = self.vectors.as_mut() {
-            v.save(gen)?;
+            v.save(&self.store_id, false)?;
         }
+        Ok(())
+    }
+
+    /// Compares the vector index (as searches use it: loaded and caught up) with SQLite:
+    /// counts, and every SQLite vector's id looked up in the index.
+    pub fn check_index(&mut self) -> Result<IndexCheck> {
+        if self.index()?.is_none() {
+            let n: i64 =
+                self.conn.query_row("SELECT count(*) FROM chunks WHERE vector IS NOT NULL", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
+            return Ok(IndexCheck { sqlite_vectors: n as u64, missing: n as u64, ok: n == 0, ..Default::default() });
+        }
+        let sqlerr = |source| StoreError::Sql { path: self.db_path.clone(), source };
+        let Some(idx) = self.vectors.as_ref() else { return Ok(IndexCheck::default()) };
+        let tx = self.conn.unchecked_transaction().map_err(sqlerr)?;
+        if gen_of(&tx).map_err(sqlerr)? != idx.gen() {
+            // A writer committed since the catch-up: compare at the next generation.
+            drop(tx);
+            return self.check_index();
+        }
+        let (mut sqlite, mut present) = (0u64, 0u64);
+        let mut s = tx.prepare("SELECT id FROM chunks WHERE vector IS NOT NULL").map_err(sqlerr)?;
+        let mut rows = s.query([]).map_err(sqlerr)?;
+        while let Some(r) = rows.next().map_err(sqlerr)? {
+            sqlite += 1;
+            present += idx.contains(r.get(0).map_err(sqlerr)?) as u64;
+        }
+        let index_vectors = idx.len() as u64;
+        let (missing, extra) = (sqlite - present, index_vectors.saturating_sub(present));
+        Ok(IndexCheck { sqlite_vectors: sqlite, index_vectors, missing, extra, ok: missing == 0 && extra == 0 })
+    }
+
+    /// Rebuilds the vector index from SQLite and saves it (what `mnema doctor` does when
+    /// [`Store::check_index`] finds a difference).
+    pub fn repair_index(&mut self) -> Result<()> {
+        let Some((_, dim)) = self.embedder()? else { return Ok(()) };
+        self.vectors = None;
+        let mut idx = rebuild_index(&self.conn, &self.db_path, dim, self.index_path.as_deref())?;
+        idx.save(&self.store_id, true)?;
+        self.vectors = Some(idx);
         Ok(())
     }
 
@@ -277,100 +430,91 @@ impl Store {
     pub fn put_item(&mut self, item: &NewItem, chunks: &[Chunk], vecs: &[Vec<f32>], embedder: &str) -> Result<i64> {
         assert_eq!(chunks.len(), vecs.len(), "one vector per chunk");
         let dim = vecs.first().map_or(0, Vec::len);
-        if dim > 0 {
-            match self.embedder()? {
-                Some((name, d)) if name != embedder || d != dim => {
-                    return Err(StoreError::EmbedderMismatch { have: format!("{name} ({d}-d)"), got: format!("{embedder} ({dim}-d)") });
+        let id = self.write(|tx, path| {
+            let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
+            if dim > 0 {
+                let name = meta_get(tx, "embedder").map_err(sqlerr)?;
+                let d = meta_get(tx, "dim").map_err(sqlerr)?.and_then(|d| d.parse::<usize>().ok());
+                if let Some((name, d)) = name.zip(d) {
+                    if name != embedder || d != dim {
+                        return Err(StoreError::EmbedderMismatch { have: format!("{name} ({d}-d)"), got: format!("{embedder} ({dim}-d)") });
+                    }
                 }
-                _ => {}
             }
-        }
-        // Load the index before writing so a rebuild never sees half of this change.
-        if dim > 0 && self.embedder()?.is_some() {
+            let old_id: Option<i64> =
+                tx.query_row("SELECT id FROM items WHERE path = ?1", [&item.path], |r| r.get(0)).optional().map_err(sqlerr)?;
+            let mut logged = Vec::new();
+            if let Some(id) = old_id {
+                logged = delete_chunks(tx, id).map_err(sqlerr)?;
+            }
+            let meta = item.meta.to_string();
+            let now = mnema_core::time::now();
+            let id = match old_id {
+                Some(id) => {
+                    tx.execute(
+                        "UPDATE items SET kind=?2, sha256=?3, size=?4, mtime=?5, indexed_at=?6, meta=?7 WHERE id=?1",
+                        params![id, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
+                    )
+                    .map_err(sqlerr)?;
+                    id
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![item.path, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
+                    )
+                    .map_err(sqlerr)?;
+                    tx.last_insert_rowid()
+                }
+            };
+            {
+                let mut next = next_chunk_id(tx).map_err(sqlerr)?;
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT INTO chunks (id, item_id, seq, text, start, end, start_ms, end_ms, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )
+                    .map_err(sqlerr)?;
+                let mut fts = tx.prepare_cached("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
+                for (c, v) in chunks.iter().zip(vecs) {
+                    let blob = (!v.is_empty()).then(|| to_blob(v));
+                    ins.execute(params![next, id, c.seq, c.text, c.start, c.end, c.start_ms, c.end_ms, blob]).map_err(sqlerr)?;
+                    fts.execute(params![next, text::index_terms(&c.text)]).map_err(sqlerr)?;
+                    if !v.is_empty() {
+                        logged.push(next);
+                    }
+                    next += 1;
+                }
+                set_next_chunk_id(tx, next).map_err(sqlerr)?;
+            }
+            if dim > 0 {
+                tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder])
+                    .map_err(sqlerr)?;
+                tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()])
+                    .map_err(sqlerr)?;
+            }
+            log_vectors(tx, &logged).map_err(sqlerr)?;
+            Ok(id)
+        })?;
+        // Committed: bring the index up to date from the log (this change and any other
+        // process's), so it can be saved as current.
+        if dim > 0 || self.vectors.is_some() {
             self.index()?;
-        }
-        let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
-        let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
-        let old_id: Option<i64> =
-            tx.query_row("SELECT id FROM items WHERE path = ?1", [&item.path], |r| r.get(0)).optional().map_err(sqlerr)?;
-        let mut removed = Vec::new();
-        if let Some(id) = old_id {
-            removed = delete_chunks(&tx, id).map_err(sqlerr)?;
-        }
-        let meta = item.meta.to_string();
-        let now = mnema_core::time::now();
-        let id = match old_id {
-            Some(id) => {
-                tx.execute(
-                    "UPDATE items SET kind=?2, sha256=?3, size=?4, mtime=?5, indexed_at=?6, meta=?7 WHERE id=?1",
-                    params![id, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
-                )
-                .map_err(sqlerr)?;
-                id
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![item.path, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
-                )
-                .map_err(sqlerr)?;
-                tx.last_insert_rowid()
-            }
-        };
-        let mut added = Vec::with_capacity(chunks.len());
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO chunks (item_id, seq, text, start, end, start_ms, end_ms, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(sqlerr)?;
-            let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
-            for (c, v) in chunks.iter().zip(vecs) {
-                let blob = (!v.is_empty()).then(|| to_blob(v));
-                ins.execute(params![id, c.seq, c.text, c.start, c.end, c.start_ms, c.end_ms, blob]).map_err(sqlerr)?;
-                let cid = tx.last_insert_rowid();
-                fts.execute(params![cid, text::index_terms(&c.text)]).map_err(sqlerr)?;
-                added.push(cid);
-            }
-        }
-        if dim > 0 {
-            tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder]).map_err(sqlerr)?;
-            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()])
-                .map_err(sqlerr)?;
-        }
-        bump_gen(&tx).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)?;
-        // The database is committed; now mirror the change in the index (rebuilt from the
-        // database if this fails halfway: its generation no longer matches).
-        if let Some(idx) = self.index()? {
-            for r in removed {
-                idx.remove(r)?;
-            }
-            idx.reserve_more(added.len())?;
-            for (cid, v) in added.iter().zip(vecs) {
-                if !v.is_empty() {
-                    idx.add(*cid, v)?;
-                }
-            }
         }
         Ok(id)
     }
 
     /// Deletes an item and everything derived from it. Returns false when there was none.
     pub fn delete_item(&mut self, id: i64) -> Result<bool> {
-        if self.embedder()?.is_some() {
+        let n = self.write(|tx, path| {
+            let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
+            let removed = delete_chunks(tx, id).map_err(sqlerr)?;
+            let n = tx.execute("DELETE FROM items WHERE id = ?1", [id]).map_err(sqlerr)?;
+            log_vectors(tx, &removed).map_err(sqlerr)?;
+            Ok(n)
+        })?;
+        // A loaded index follows at once; otherwise the next one loaded catches up from the log.
+        if self.vectors.is_some() {
             self.index()?;
-        }
-        let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
-        let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
-        let removed = delete_chunks(&tx, id).map_err(sqlerr)?;
-        let n = tx.execute("DELETE FROM items WHERE id = ?1", [id]).map_err(sqlerr)?;
-        bump_gen(&tx).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)?;
-        if let Some(idx) = self.vectors.as_mut() {
-            for r in removed {
-                idx.remove(r)?;
-            }
         }
         Ok(n > 0)
     }
@@ -483,36 +627,42 @@ impl Store {
         Ok(Stats { items: items as u64, chunks: chunks as u64, db_bytes })
     }
 
-    /// Runs `f` inside one transaction for bulk loading (benchmarks): vectors go to SQLite
-    /// only, and the index is rebuilt on next use.
+    /// Writes many items in one transaction for bulk loading (benchmarks): vectors go to
+    /// SQLite only, the log is cut at this generation, and every index is rebuilt on next use.
     pub fn bulk_insert(&mut self, rows: &[(NewItem, EmbeddedChunks)], embedder: &str) -> Result<()> {
-        let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
-        let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
-        {
-            let mut item = tx
-                .prepare("INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')")
-                .map_err(sqlerr)?;
-            let mut ins = tx
-                .prepare("INSERT INTO chunks (item_id, seq, text, start, end, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                .map_err(sqlerr)?;
-            let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
-            for (it, chunks) in rows {
-                item.execute(params![it.path, it.kind.as_str(), it.sha256, it.size as i64, it.mtime, it.mtime]).map_err(sqlerr)?;
-                let id = tx.last_insert_rowid();
-                for (c, v) in chunks {
-                    ins.execute(params![id, c.seq, c.text, c.start, c.end, to_blob(v)]).map_err(sqlerr)?;
-                    let cid = tx.last_insert_rowid();
-                    fts.execute(params![cid, text::index_terms(&c.text)]).map_err(sqlerr)?;
+        self.write(|tx, path| {
+            let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
+            {
+                let mut item = tx
+                    .prepare("INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')")
+                    .map_err(sqlerr)?;
+                let mut ins = tx
+                    .prepare("INSERT INTO chunks (id, item_id, seq, text, start, end, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                    .map_err(sqlerr)?;
+                let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
+                let mut next = next_chunk_id(tx).map_err(sqlerr)?;
+                for (it, chunks) in rows {
+                    item.execute(params![it.path, it.kind.as_str(), it.sha256, it.size as i64, it.mtime, it.mtime]).map_err(sqlerr)?;
+                    let id = tx.last_insert_rowid();
+                    for (c, v) in chunks {
+                        ins.execute(params![next, id, c.seq, c.text, c.start, c.end, to_blob(v)]).map_err(sqlerr)?;
+                        fts.execute(params![next, text::index_terms(&c.text)]).map_err(sqlerr)?;
+                        next += 1;
+                    }
                 }
+                set_next_chunk_id(tx, next).map_err(sqlerr)?;
             }
-        }
-        if let Some(dim) = rows.iter().flat_map(|r| r.1.first()).map(|c| c.1.len()).next() {
-            tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder]).map_err(sqlerr)?;
-            tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()])
-                .map_err(sqlerr)?;
-        }
-        bump_gen(&tx).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)?;
+            if let Some(dim) = rows.iter().flat_map(|r| r.1.first()).map(|c| c.1.len()).next() {
+                tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder])
+                    .map_err(sqlerr)?;
+                tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()])
+                    .map_err(sqlerr)?;
+            }
+            let gen = log_vectors(tx, &[]).map_err(sqlerr)?;
+            tx.execute("DELETE FROM vector_log", []).map_err(sqlerr)?;
+            set_meta(tx, "log_floor", gen).map_err(sqlerr)?;
+            Ok(())
+        })?;
         self.vectors = None;
         Ok(())
     }
@@ -568,27 +718,110 @@ fn chunk_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Chunk> {
     })
 }
 
-/// Deletes an item's chunks and their terms; returns the removed chunk ids.
+/// Deletes an item's chunks and their terms; returns the ids of removed chunks that had a
+/// vector.
 fn delete_chunks(tx: &rusqlite::Transaction<'_>, item_id: i64) -> rusqlite::Result<Vec<i64>> {
-    let ids: Vec<i64> = {
-        let mut s = tx.prepare("SELECT id FROM chunks WHERE item_id = ?1")?;
-        let rows = s.query_map([item_id], |r| r.get(0))?;
+    let ids: Vec<(i64, bool)> = {
+        let mut s = tx.prepare_cached("SELECT id, vector IS NOT NULL FROM chunks WHERE item_id = ?1")?;
+        let rows = s.query_map([item_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let mut del = tx.prepare("DELETE FROM chunks_fts WHERE rowid = ?1")?;
-    for id in &ids {
+    let mut del = tx.prepare_cached("DELETE FROM chunks_fts WHERE rowid = ?1")?;
+    for (id, _) in &ids {
         del.execute([id])?;
     }
     tx.execute("DELETE FROM chunks WHERE item_id = ?1", [item_id])?;
-    Ok(ids)
+    Ok(ids.into_iter().filter(|x| x.1).map(|x| x.0).collect())
 }
 
-fn bump_gen(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
+}
+
+fn set_meta(tx: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value.to_string()],
+    )?;
+    Ok(())
+}
+
+/// `meta.vectors_gen`: bumped by every write transaction.
+fn gen_of(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(meta_get(conn, "vectors_gen")?.and_then(|g| g.parse().ok()).unwrap_or(0))
+}
+
+/// The next chunk id: above every id ever used, so ids are never reused (an index holding an
+/// id can trust its vector, and a tombstone key stays unique).
+fn next_chunk_id(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "SELECT max(COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'chunk_id_next'), 1), \
+         COALESCE((SELECT max(id) FROM chunks), 0) + 1)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn set_next_chunk_id(tx: &Connection, next: i64) -> rusqlite::Result<()> {
+    set_meta(tx, "chunk_id_next", next)
+}
+
+/// Bumps the generation, records the chunk ids whose vectors this transaction added or
+/// removed under it, and prunes the log. Returns the new generation.
+fn log_vectors(tx: &Connection, ids: &[i64]) -> rusqlite::Result<i64> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('vectors_gen', '1') ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
         [],
     )?;
-    Ok(())
+    let gen = gen_of(tx)?;
+    {
+        let mut ins = tx.prepare_cached("INSERT INTO vector_log (gen, chunk_id) VALUES (?1, ?2)")?;
+        for id in ids {
+            ins.execute([gen, *id])?;
+        }
+    }
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        tx.query_row("SELECT min(id), max(id) FROM vector_log", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        if hi - lo >= 2 * LOG_KEEP {
+            // Cut at a whole generation: every generation above the floor stays complete.
+            let cut: i64 =
+                tx.query_row("SELECT gen FROM vector_log WHERE id <= ?1 ORDER BY id DESC LIMIT 1", [hi - LOG_KEEP], |r| r.get(0))?;
+            tx.execute("DELETE FROM vector_log WHERE gen <= ?1", [cut])?;
+            set_meta(tx, "log_floor", cut)?;
+        }
+    }
+    Ok(gen)
+}
+
+/// A new index of every SQLite vector, at the generation read in the same snapshot.
+fn rebuild_index(conn: &Connection, db_path: &Path, dim: usize, index_path: Option<&Path>) -> Result<VectorIndex> {
+    let sqlerr = |source| StoreError::Sql { path: db_path.to_path_buf(), source };
+    tracing::info!("rebuilding vector index from {}", db_path.display());
+    let tx = conn.unchecked_transaction().map_err(sqlerr)?;
+    let gen = gen_of(&tx).map_err(sqlerr)?;
+    let mut idx = VectorIndex::new(dim, index_path, gen)?;
+    let n: i64 = tx.query_row("SELECT count(*) FROM chunks WHERE vector IS NOT NULL", [], |r| r.get(0)).map_err(sqlerr)?;
+    idx.reserve_more(n as usize)?;
+    let mut stmt = tx.prepare("SELECT id, vector FROM chunks WHERE vector IS NOT NULL").map_err(sqlerr)?;
+    let mut rows = stmt.query([]).map_err(sqlerr)?;
+    // In slices, so a rebuild of a million vectors never holds them all as f32 at once.
+    let mut batch = Vec::with_capacity(16_384);
+    while let Some(r) = rows.next().map_err(sqlerr)? {
+        let id: i64 = r.get(0).map_err(sqlerr)?;
+        let blob = r.get_ref(1).map_err(sqlerr)?.as_blob().map_err(|e| sqlerr(e.into()))?;
+        batch.push((id, from_blob(blob)));
+        if batch.len() == batch.capacity() {
+            idx.add_many(&batch)?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        idx.add_many(&batch)?;
+    }
+    // A fresh index differs from the file: save it on the next flush.
+    idx.mark_dirty();
+    Ok(idx)
 }
 
 /// SQL condition over `items i` for the filters, with its arguments.

@@ -1,7 +1,7 @@
-//! Schema migrations, applied in order inside one transaction each; `PRAGMA user_version`
+//! Schema migrations, applied in order inside one immediate transaction; `PRAGMA user_version`
 //! records how many have run. Never edit a released migration: append a new one.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration scripts; index + 1 is the schema version each one produces.
 pub const MIGRATIONS: &[&str] = &[
@@ -36,22 +36,53 @@ pub const MIGRATIONS: &[&str] = &[
     -- kept: folding would merge "й" into "и".
     CREATE VIRTUAL TABLE chunks_fts USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0');
     "#,
+    // 2: the vector change log. Each write transaction that adds or removes chunk vectors
+    // records the chunk ids with the generation it produces (`meta.vectors_gen`), so an HNSW
+    // index at an older generation catches up by replaying the ids instead of being rebuilt.
+    // `meta.log_floor`: every generation above it is fully in the log. `meta.chunk_id_next`:
+    // chunk ids are never reused (an index holding an id can trust its vector). `meta.store_id`
+    // tells an index file which database it mirrors.
+    r#"
+    CREATE TABLE vector_log (
+        id        INTEGER PRIMARY KEY,
+        gen       INTEGER NOT NULL,
+        chunk_id  INTEGER NOT NULL
+    );
+    CREATE INDEX vector_log_gen ON vector_log(gen);
+    INSERT INTO meta (key, value) VALUES ('log_floor', COALESCE((SELECT value FROM meta WHERE key = 'vectors_gen'), '0'));
+    INSERT INTO meta (key, value) VALUES ('chunk_id_next', (SELECT COALESCE(max(id), 0) + 1 FROM chunks));
+    INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+    "#,
 ];
 
 /// The schema version this build writes.
 pub const VERSION: usize = MIGRATIONS.len();
 
+fn version(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).map(|v| v as usize)
+}
+
 /// Brings the database up to [`VERSION`]. Refuses a database from a newer mnema.
+///
+/// Safe when several processes open one new database at once: the migrations run in one
+/// `BEGIN IMMEDIATE` transaction (writers queue on the busy handler) and the version is read
+/// again inside it, so a process that waited finds the work done.
 pub fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).map_err(|e| e.to_string())? as usize;
+    let current = version(conn).map_err(|e| e.to_string())?;
+    if current > VERSION {
+        return Err(format!("database schema version {current} is newer than this mnema ({VERSION}): upgrade mnema"));
+    }
+    if current == VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+    let current = version(&tx).map_err(|e| e.to_string())?;
     if current > VERSION {
         return Err(format!("database schema version {current} is newer than this mnema ({VERSION}): upgrade mnema"));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
         tx.execute_batch(sql).map_err(|e| format!("migration {}: {e}", i + 1))?;
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
     }
-    Ok(())
+    tx.commit().map_err(|e| e.to_string())
 }

@@ -2,18 +2,49 @@
 //! inner product on normalised vectors = cosine; SIMD kernels picked at run time).
 //!
 //! **Architecture Invariant:** SQLite holds every vector (`chunks.vector`) and is the truth;
-//! this index is a cache of it. Each write transaction bumps `meta.vectors_gen`; the index
-//! file is saved with the generation it reflects, and an index whose generation differs (a
-//! crash mid-ingest, another process) is rebuilt from SQLite on open.
+//! this index is a cache of it at a known generation ([`VectorIndex::gen`]). The store brings
+//! it up to the database's generation before every vector search (replaying the vector log)
+//! and it is only ever saved under the generation it reflects.
+//!
+//! **Removals never unlink the graph.** usearch's `remove` puts the node's slot on a free list
+//! and the next `add` reuses it: the node is re-linked for its new vector after its old
+//! outgoing links are cleared, so vectors that were reachable only through it drop out of
+//! every search (`tests/store.rs::reingest_keeps_every_other_vector_findable`). A removed
+//! vector is therefore *renamed* to a tombstone key (`TOMBSTONE | id`): it stays in the graph
+//! as a waypoint, searches filter it out, and the index is rebuilt from SQLite when
+//! tombstones pass a quarter of the live vectors.
+//!
+//! **Saving is safe with several processes.** A save runs under an exclusive `flock` on
+//! `vectors.usearch.lock` (loads take it shared), writes to a unique temporary name and
+//! renames; the generation, the database's `store_id` and the tombstone count go to
+//! `vectors.usearch.gen` after the index, which is removed first, so a crash leaves no marker
+//! rather than a marker beside the wrong index. A save never replaces a file at a newer
+//! generation.
 
 use crate::StoreError;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-/// An HNSW index with its file location.
+/// Keys with this bit are tombstones of removed vectors (chunk ids stay far below it).
+const TOMBSTONE: u64 = 1 << 62;
+
+/// Tombstones are tolerated up to this many before a rebuild, whatever the index size.
+const TOMBSTONES_FREE: usize = 1024;
+
+/// The sidecar's first line; an older or foreign sidecar means "rebuild".
+const SIDECAR_MAGIC: &str = "mnema-vectors 2";
+
+/// An HNSW index with its file location and the generation it reflects.
 pub struct VectorIndex {
     index: Index,
+    dim: usize,
     path: Option<PathBuf>,
+    gen: i64,
+    tombstones: usize,
+    /// A removal could not be tombstoned (legacy id reuse): rebuild before trusting the graph.
+    unlinked: bool,
     dirty: bool,
 }
 
@@ -21,9 +52,67 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Index(e.to_string())
 }
 
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Index(format!("{what} {}: {e}", path.display()))
+}
+
+/// What `vectors.usearch.gen` records about the index file beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sidecar {
+    store_id: String,
+    gen: i64,
+    dim: usize,
+    tombstones: usize,
+}
+
+impl Sidecar {
+    fn read(path: &Path) -> Option<Sidecar> {
+        let s = std::fs::read_to_string(gen_path(path)).ok()?;
+        let mut lines = s.lines();
+        if lines.next()? != SIDECAR_MAGIC {
+            return None;
+        }
+        let mut field = |name: &str| lines.next()?.strip_prefix(name)?.strip_prefix(' ').map(str::to_string);
+        Some(Sidecar {
+            store_id: field("store")?,
+            gen: field("gen")?.parse().ok()?,
+            dim: field("dim")?.parse().ok()?,
+            tombstones: field("tombstones")?.parse().ok()?,
+        })
+    }
+
+    fn text(&self) -> String {
+        format!("{SIDECAR_MAGIC}\nstore {}\ngen {}\ndim {}\ntombstones {}\n", self.store_id, self.gen, self.dim, self.tombstones)
+    }
+}
+
+/// The lock file serialising saves and loads of one index file across processes.
+fn lock_file(path: &Path) -> Option<File> {
+    let p = path.with_extension("usearch.lock");
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).ok()?;
+    private(&p);
+    Some(f)
+}
+
+/// Owner-only permissions (0600) for a data file; best effort.
+pub(crate) fn private(p: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(p) {
+            if m.permissions().mode() & 0o077 != 0 {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = p;
+}
+
 impl VectorIndex {
-    /// An empty index for `dim`-dimensional vectors, saved at `path` (in memory when `None`).
-    pub fn new(dim: usize, path: Option<&Path>) -> Result<VectorIndex, StoreError> {
+    /// An empty index for `dim`-dimensional vectors at generation `gen`, saved at `path`
+    /// (in memory when `None`).
+    pub fn new(dim: usize, path: Option<&Path>, gen: i64) -> Result<VectorIndex, StoreError> {
         let opts = IndexOptions {
             dimensions: dim,
             metric: MetricKind::IP,
@@ -35,50 +124,102 @@ impl VectorIndex {
         };
         let index = Index::new(&opts).map_err(err)?;
         index.reserve(1024).map_err(err)?;
-        Ok(VectorIndex { index, path: path.map(Path::to_path_buf), dirty: false })
+        Ok(VectorIndex { index, dim, path: path.map(Path::to_path_buf), gen, tombstones: 0, unlinked: false, dirty: false })
     }
 
-    /// Loads the index saved at `path` if its generation is `gen`; `None` when it must be
-    /// rebuilt (absent, stale or unreadable).
-    pub fn load(dim: usize, path: &Path, gen: i64) -> Option<VectorIndex> {
-        let saved: i64 = std::fs::read_to_string(gen_path(path)).ok()?.trim().parse().ok()?;
-        if saved != gen {
+    /// Loads the index saved at `path` for the database `store_id`; `None` when it must be
+    /// rebuilt (absent, another database's, another dimension, an older format, unreadable).
+    pub fn load(dim: usize, path: &Path, store_id: &str) -> Option<VectorIndex> {
+        let lock = lock_file(path);
+        if let Some(l) = &lock {
+            l.lock_shared().ok()?;
+        }
+        let side = Sidecar::read(path)?;
+        if side.store_id != store_id || side.dim != dim {
             return None;
         }
-        let v = VectorIndex::new(dim, Some(path)).ok()?;
+        let mut v = VectorIndex::new(dim, Some(path), side.gen).ok()?;
         v.index.load(path.to_str()?).ok()?;
-        if v.index.dimensions() != dim {
+        if v.index.dimensions() != dim || v.index.size() < side.tombstones {
             return None;
         }
+        v.tombstones = side.tombstones;
         Some(v)
     }
 
-    /// Number of vectors.
-    pub fn len(&self) -> usize {
-        self.index.size()
+    /// The database generation this index reflects.
+    pub fn gen(&self) -> i64 {
+        self.gen
     }
 
-    /// True when empty.
+    /// Records that the index now reflects generation `gen`.
+    pub(crate) fn set_gen(&mut self, gen: i64) {
+        self.gen = gen;
+    }
+
+    /// Marks the index as differing from its file (a fresh rebuild).
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Number of live (searchable) vectors.
+    pub fn len(&self) -> usize {
+        self.index.size() - self.tombstones
+    }
+
+    /// True when no vector is searchable.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Adds or replaces the vector of `key`.
+    /// Tombstones of removed vectors still in the graph.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones
+    }
+
+    /// True when the index should be rebuilt from SQLite: too many tombstones (searches walk
+    /// them) or a removal that unlinked a node.
+    pub fn needs_rebuild(&self) -> bool {
+        self.unlinked || self.tombstones > TOMBSTONES_FREE.max(self.len() / 4)
+    }
+
+    /// True when `key` is a live vector.
+    pub fn contains(&self, key: i64) -> bool {
+        self.index.contains(key as u64)
+    }
+
+    fn grow_for(&mut self, n: usize) -> Result<(), StoreError> {
+        let want = self.index.size() + n;
+        if want > self.index.capacity() {
+            self.index.reserve(want.max(self.index.capacity() * 2).max(1024)).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the vector of `key`. A key already present keeps its vector: chunk ids are never
+    /// reused, so an id's vector never changes.
     pub fn add(&mut self, key: i64, v: &[f32]) -> Result<(), StoreError> {
-        let key = key as u64;
-        if self.index.contains(key) {
-            self.index.remove(key).map_err(err)?;
+        if self.index.contains(key as u64) {
+            return Ok(());
         }
-        if self.index.size() + 1 > self.index.capacity() {
-            self.index.reserve((self.index.capacity() * 2).max(1024)).map_err(err)?;
-        }
-        self.index.add(key, v).map_err(err)?;
+        self.grow_for(1)?;
+        self.index.add(key as u64, v).map_err(err)?;
         self.dirty = true;
         Ok(())
     }
 
     /// Adds many vectors using every core (HNSW insertion is the slow part of a rebuild).
     pub fn add_many(&mut self, items: &[(i64, Vec<f32>)]) -> Result<(), StoreError> {
+        let items: Vec<&(i64, Vec<f32>)> = items.iter().filter(|(k, _)| !self.index.contains(*k as u64)).collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        if items.len() < 64 {
+            for (k, v) in items {
+                self.add(*k, v)?;
+            }
+            return Ok(());
+        }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let want = self.index.size() + items.len();
         self.index.reserve_capacity_and_threads(want.max(self.index.capacity()), threads).map_err(err)?;
@@ -97,48 +238,83 @@ impl VectorIndex {
 
     /// Pre-allocates room for `n` more vectors.
     pub fn reserve_more(&mut self, n: usize) -> Result<(), StoreError> {
-        let want = self.index.size() + n;
-        if want > self.index.capacity() {
-            self.index.reserve(want).map_err(err)?;
-        }
-        Ok(())
+        self.grow_for(n)
     }
 
-    /// Removes `key` if present.
+    /// Removes `key` from searches if present. The node stays in the graph as a tombstone
+    /// (see the module docs: usearch's own removal frees the slot for reuse, which unlinks
+    /// other vectors).
     pub fn remove(&mut self, key: i64) -> Result<(), StoreError> {
-        if self.index.contains(key as u64) {
-            self.index.remove(key as u64).map_err(err)?;
-            self.dirty = true;
+        let k = key as u64;
+        if !self.index.contains(k) {
+            return Ok(());
+        }
+        self.dirty = true;
+        if k & TOMBSTONE == 0 && !self.index.contains(k | TOMBSTONE) {
+            self.index.rename(k, k | TOMBSTONE).map_err(err)?;
+            self.tombstones += 1;
+        } else {
+            // Only a database whose ids were reused before ids became monotonic gets here.
+            self.index.remove(k).map_err(err)?;
+            self.unlinked = true;
         }
         Ok(())
     }
 
     /// The `k` nearest keys with their cosine similarity, best first; `allow` filters keys.
     pub fn search(&self, q: &[f32], k: usize, allow: Option<&dyn Fn(i64) -> bool>) -> Result<Vec<(i64, f32)>, StoreError> {
-        if self.index.size() == 0 || k == 0 {
+        if self.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
         let m = match allow {
-            Some(f) => self.index.filtered_search(q, k, |key: u64| f(key as i64)).map_err(err)?,
+            Some(f) => self.index.filtered_search(q, k, |key: u64| key & TOMBSTONE == 0 && f(key as i64)).map_err(err)?,
+            None if self.tombstones > 0 => self.index.filtered_search(q, k, |key: u64| key & TOMBSTONE == 0).map_err(err)?,
             None => self.index.search(q, k).map_err(err)?,
         };
         // usearch's IP distance is 1 - dot.
         Ok(m.keys.into_iter().zip(m.distances).map(|(key, d)| (key as i64, 1.0 - d)).collect())
     }
 
-    /// Saves the index and the generation it reflects (no-op for in-memory or clean indexes).
-    pub fn save(&mut self, gen: i64) -> Result<(), StoreError> {
-        let Some(path) = &self.path else { return Ok(()) };
-        if !self.dirty && path.exists() && std::fs::read_to_string(gen_path(path)).ok().and_then(|s| s.trim().parse().ok()) == Some(gen) {
+    /// Saves the index with the generation it reflects, for the database `store_id`.
+    /// Skipped for in-memory indexes, for a clean index (unless `force`) and when the file on
+    /// disk already reflects this generation or a newer one (another process saved it).
+    pub fn save(&mut self, store_id: &str, force: bool) -> Result<(), StoreError> {
+        let Some(path) = self.path.clone() else { return Ok(()) };
+        if !self.dirty && !force {
             return Ok(());
         }
-        // Invalidate first: a crash between the two writes leaves a stale marker, never a
-        // fresh marker next to an old index.
-        let _ = std::fs::remove_file(gen_path(path));
-        let tmp = path.with_extension("usearch.tmp");
-        self.index.save(tmp.to_str().ok_or_else(|| err("non-UTF-8 data path"))?).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
-        std::fs::write(gen_path(path), gen.to_string()).map_err(err)?;
+        let lock = lock_file(&path).ok_or_else(|| err(format!("cannot open the lock file beside {}", path.display())))?;
+        lock.lock().map_err(|e| io_err(&path, "cannot lock", e))?;
+        if !force {
+            if let Some(side) = Sidecar::read(&path) {
+                if side.store_id == store_id && side.gen >= self.gen && path.exists() {
+                    self.dirty = false;
+                    return Ok(());
+                }
+            }
+        }
+        // Invalidate first: a crash between the writes leaves no marker, never a marker
+        // beside an index it does not describe.
+        match std::fs::remove_file(gen_path(&path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&gen_path(&path), "cannot remove", e)),
+            _ => {}
+        }
+        let tmp = unique_tmp(&path);
+        let written = (|| {
+            let tmp_str = tmp.to_str().ok_or_else(|| err(format!("non-UTF-8 data path {}", tmp.display())))?;
+            self.index.save(tmp_str).map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
+            private(&tmp);
+            std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, "cannot replace", e))
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let side = Sidecar { store_id: store_id.to_string(), gen: self.gen, dim: self.dim, tombstones: self.tombstones };
+        let tmp = unique_tmp(&gen_path(&path));
+        std::fs::write(&tmp, side.text()).map_err(|e| io_err(&tmp, "cannot write", e))?;
+        private(&tmp);
+        std::fs::rename(&tmp, gen_path(&path)).map_err(|e| io_err(&gen_path(&path), "cannot replace", e))?;
         self.dirty = false;
         Ok(())
     }
@@ -147,6 +323,14 @@ impl VectorIndex {
     pub fn memory_bytes(&self) -> usize {
         self.index.memory_usage()
     }
+}
+
+/// A temporary name beside `p` that no other process or thread uses at the same time.
+fn unique_tmp(p: &Path) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut name = p.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    p.with_file_name(name)
 }
 
 fn gen_path(p: &Path) -> PathBuf {

@@ -6,6 +6,27 @@ use anyhow::Result;
 use mnema_core::ByteSize;
 use mnema_models::catalog::{check, model_names};
 use mnema_server::wire::{CheckOut, DoctorOut};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// `mnema --json doctor`: the checks, plus how the vector index compared with SQLite.
+#[derive(Serialize)]
+struct DoctorJson {
+    #[serde(flatten)]
+    base: DoctorOut,
+    index: Option<IndexOut>,
+}
+
+/// The vector index against SQLite; `ok` is the state found, before any repair.
+#[derive(Serialize)]
+struct IndexOut {
+    sqlite_vectors: u64,
+    index_vectors: u64,
+    missing: u64,
+    extra: u64,
+    ok: bool,
+    repaired: bool,
+}
 
 fn check_item(name: &str, status: &'static str, detail: impl Into<String>, hint: Option<&str>) -> CheckOut {
     CheckOut { name: name.into(), status, detail: detail.into(), hint: hint.map(Into::into) }
@@ -24,22 +45,53 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
             check_item("data directory", "fail", format!("{}: {e}", c.home.display()), Some("choose another with --home or MNEMA_HOME"))
         }
     });
+    let mut index = None;
     if checks[0].status == "ok" {
-        checks.push(match ctx.store().and_then(|s| Ok((s.stats()?, s.embedder()?))) {
-            Ok((st, emb)) => check_item(
-                "database",
-                "ok",
-                format!(
-                    "{} items, {} chunks, {}{}",
-                    st.items,
-                    st.chunks,
-                    ByteSize(st.db_bytes),
-                    emb.map(|(n, d)| format!(", vectors: {n} ({d}-d)")).unwrap_or_default()
+        // Before the store opens (opening tightens the directory and the database files).
+        checks.push(permissions_check(&c.home));
+        checks.push(
+            match ctx.store().and_then(|mut s| {
+                index = Some(check_and_repair_index(&mut s));
+                Ok((s.stats()?, s.embedder()?))
+            }) {
+                Ok((st, emb)) => check_item(
+                    "database",
+                    "ok",
+                    format!(
+                        "{} items, {} chunks, {}{}",
+                        st.items,
+                        st.chunks,
+                        ByteSize(st.db_bytes),
+                        emb.map(|(n, d)| format!(", vectors: {n} ({d}-d)")).unwrap_or_default()
+                    ),
+                    None,
                 ),
-                None,
-            ),
-            Err(e) => check_item("database", "fail", format!("{e:#}"), Some("move the data directory aside and re-ingest")),
-        });
+                Err(e) => check_item("database", "fail", format!("{e:#}"), Some("move the data directory aside and re-ingest")),
+            },
+        );
+        match index.take() {
+            Some(Ok(i)) => {
+                let detail = format!(
+                    "{} vectors in the database, {} in the index, {} missing, {} extra{}",
+                    i.sqlite_vectors,
+                    i.index_vectors,
+                    i.missing,
+                    i.extra,
+                    if i.repaired { "; rebuilt from the database" } else { "" }
+                );
+                checks.push(check_item("vector index", if i.ok { "ok" } else { "warn" }, detail, None));
+                index = Some(Ok(i));
+            }
+            Some(Err(e)) => {
+                checks.push(check_item(
+                    "vector index",
+                    "fail",
+                    format!("{e:#}"),
+                    Some("run `mnema doctor` again; if it fails, delete vectors.usearch*"),
+                ));
+            }
+            None => {}
+        }
     }
 
     // Models: the configured embedder is required; the others serve images' and audio's engines.
@@ -145,7 +197,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
 
     let ok = checks.iter().all(|c| c.status != "fail");
     if ctx.json {
-        out_json(&DoctorOut { ok, checks })?;
+        out_json(&DoctorJson { base: DoctorOut { ok, checks }, index: index.and_then(Result::ok) })?;
     } else {
         for c in &checks {
             let mark = match c.status {
@@ -163,6 +215,75 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         out(if ok { "all required pieces are in place" } else { "something required is missing: see the fixes above" })?;
     }
     Ok(if ok { exit::OK } else { exit::PARTIAL })
+}
+
+/// Compares the vector index with SQLite and, when they differ, rebuilds it and checks again.
+fn check_and_repair_index(s: &mut mnema_store::Store) -> Result<IndexOut> {
+    let found = s.check_index()?;
+    let mut out = IndexOut {
+        sqlite_vectors: found.sqlite_vectors,
+        index_vectors: found.index_vectors,
+        missing: found.missing,
+        extra: found.extra,
+        ok: found.ok,
+        repaired: false,
+    };
+    if !found.ok {
+        s.repair_index()?;
+        let after = s.check_index()?;
+        anyhow::ensure!(after.ok, "the rebuilt vector index still differs from the database: {after:?}");
+        out.repaired = true;
+    }
+    Ok(out)
+}
+
+/// Warns about data files others can read: the directory should be 0700, files 0600.
+fn permissions_check(home: &Path) -> CheckOut {
+    let mut loose = Vec::new();
+    collect_loose(home, home, 0, &mut loose);
+    if loose.is_empty() {
+        return check_item("data file permissions", "ok", "private to this user", None);
+    }
+    let n = loose.len();
+    let mut names: Vec<String> = loose.iter().take(5).map(|(p, m)| format!("{} ({m:o})", p.display())).collect();
+    if n > 5 {
+        names.push(format!("and {} more", n - 5));
+    }
+    check_item(
+        "data file permissions",
+        "warn",
+        format!("{n} readable by other users: {}", names.join(", ")),
+        Some(format!("chmod -R go-rwx {}", home.display()).as_str()),
+    )
+}
+
+/// Entries under `dir` (not following links, models excluded) with group or world access.
+fn collect_loose(home: &Path, dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u32)>) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
+        if meta.permissions().mode() & 0o077 != 0 {
+            out.push((dir.to_path_buf(), meta.permissions().mode() & 0o777));
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(m) = e.metadata() else { continue };
+            if m.file_type().is_symlink() || (dir == home && e.file_name() == "models") {
+                continue;
+            }
+            if m.is_dir() {
+                if depth < 4 {
+                    collect_loose(home, &p, depth + 1, out);
+                }
+            } else if m.permissions().mode() & 0o077 != 0 {
+                out.push((p, m.permissions().mode() & 0o777));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (home, dir, depth, out);
 }
 
 /// `some avg10` of Linux PSI for memory, when the kernel provides it.

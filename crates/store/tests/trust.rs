@@ -1,0 +1,338 @@
+//! The store never loses vectors: re-ingest (remove + add) in one process, two handles on one
+//! directory (the cross-process case), concurrent writers and openers, the index check, and
+//! private file modes. Real SQLite files, real usearch index files.
+
+use mnema_core::{Chunk, Filters, Kind};
+use mnema_store::{NewItem, Store};
+use std::collections::HashMap;
+use std::path::Path;
+
+const DIM: usize = 384;
+
+fn item(path: &str, gen: u64) -> NewItem {
+    NewItem { path: path.into(), kind: Kind::Note, sha256: format!("{gen:064}"), size: 10, mtime: gen as i64, meta: serde_json::json!({}) }
+}
+
+fn chunk(seq: u32) -> Chunk {
+    Chunk { seq, text: format!("chunk {seq}"), start: 0, end: 7, start_ms: None, end_ms: None }
+}
+
+/// A deterministic pseudo-random unit vector for `seed`.
+fn vector(seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..DIM)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.into_iter().map(|a| a / n).collect()
+}
+
+/// Writes `path` with `n` chunks whose vectors derive from `seed`; returns the vectors.
+fn put(s: &mut Store, path: &str, seed: u64, n: u32) -> Vec<Vec<f32>> {
+    let chunks: Vec<Chunk> = (0..n).map(chunk).collect();
+    let vecs: Vec<Vec<f32>> = (0..n as u64).map(|i| vector(seed * 1000 + i)).collect();
+    s.put_item(&item(path, seed), &chunks, &vecs, "test").unwrap();
+    vecs
+}
+
+/// Items whose every stored vector is its own nearest neighbour by the index (self-recall),
+/// out of all items: `(found, total, lost paths)`.
+fn self_recall(s: &mut Store) -> (usize, usize, Vec<String>) {
+    let items = s.items(&Filters::default(), 1_000_000, 0).unwrap();
+    let mut found = 0;
+    let mut lost = Vec::new();
+    for it in &items {
+        let chunks = s.chunks(it.id).unwrap();
+        let ok = chunks.iter().all(|(_, v)| {
+            let v = v.as_ref().unwrap();
+            let hits = s.vector_candidates(v, &Filters::default(), 5).unwrap();
+            let rows = s.chunk_rows(&hits.iter().map(|h| h.0).collect::<Vec<_>>()).unwrap();
+            rows.iter().zip(&hits).any(|(r, h)| r.item_id == it.id && h.1 > 0.99)
+        });
+        if ok {
+            found += 1;
+        } else {
+            lost.push(it.path.clone());
+        }
+    }
+    (found, items.len(), lost)
+}
+
+fn assert_all_found(s: &mut Store, what: &str) {
+    let (found, total, lost) = self_recall(s);
+    assert_eq!(found, total, "{what}: self-recall {found}/{total}, lost {:?}", &lost[..lost.len().min(10)]);
+}
+
+fn xorshift(x: &mut u64) -> f32 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    (*x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+}
+
+/// A vector shaped like sentence embeddings: a direction every text shares (e5's vectors sit
+/// in a narrow cone), a topic, and noise; the geometry where the old index lost vectors.
+fn embedding_like(topic: u64, seed: u64, spread: f32) -> Vec<f32> {
+    let raw = |s: u64| {
+        let mut x = s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..DIM).map(|_| xorshift(&mut x)).collect::<Vec<f32>>()
+    };
+    let (common, centre) = (raw(999_999), raw(topic));
+    let mut x = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    let v: Vec<f32> = (0..DIM).map(|i| 6.0 * common[i] + centre[i] + spread * xorshift(&mut x)).collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.into_iter().map(|a| a / n).collect()
+}
+
+fn put_vecs(s: &mut Store, path: &str, seed: u64, vecs: Vec<Vec<f32>>) {
+    let chunks: Vec<Chunk> = (0..vecs.len() as u32).map(chunk).collect();
+    s.put_item(&item(path, seed), &chunks, &vecs, "test").unwrap();
+}
+
+#[test]
+fn reingest_keeps_every_other_vector_findable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path()).unwrap();
+    let notes = 400u64;
+    for i in 0..notes {
+        put_vecs(&mut s, &format!("/n/{i}.md"), i, vec![embedding_like(i % 20, i, 1.0)]);
+    }
+    // Recordings: many chunks close to each other.
+    for r in 0..10u64 {
+        put_vecs(&mut s, &format!("/r/{r}.m4a"), 5000 + r, (0..20).map(|k| embedding_like(1000 + r, r * 100 + k, 0.3)).collect());
+    }
+    assert_all_found(&mut s, "after the first ingest");
+    // Re-ingests of changed files in one process: old vectors removed, new ones added.
+    for round in 1..=8u64 {
+        for i in (0..notes).filter(|i| i % 7 == round % 7) {
+            let seed = i + round * 10_000;
+            put_vecs(
+                &mut s,
+                &format!("/n/{i}.md"),
+                seed,
+                vec![
+                    embedding_like((i + round) % 20, i + round * 10_000, 1.0),
+                    embedding_like((i + round + 3) % 20, i + round * 20_000, 1.0),
+                ],
+            );
+        }
+        assert_all_found(&mut s, &format!("after re-ingest {round}"));
+    }
+    let check = s.check_index().unwrap();
+    assert!(check.ok, "{check:?}");
+    drop(s);
+    let mut s = Store::open(dir.path()).unwrap();
+    assert_all_found(&mut s, "after reopening");
+}
+
+#[test]
+fn another_handles_writes_are_searched_and_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path()).unwrap();
+    for i in 0..40 {
+        put(&mut a, &format!("/a/{i}.md"), i, 2);
+    }
+    assert_all_found(&mut a, "A alone");
+    let mut b = Store::open(dir.path()).unwrap();
+    for i in 0..40 {
+        put(&mut b, &format!("/b/{i}.md"), 100 + i, 2);
+    }
+    // Another process's write reaches A's next search without reopening.
+    assert_all_found(&mut a, "A after B's writes");
+    // B replaces some of A's items and deletes others; A sees both.
+    for i in 0..10 {
+        put(&mut b, &format!("/a/{i}.md"), 500 + i, 1);
+    }
+    let gone = b.item_by_path("/a/39.md").unwrap().unwrap();
+    let gone_vec = b.chunks(gone.id).unwrap()[0].1.clone().unwrap();
+    assert!(b.delete_item(gone.id).unwrap());
+    let hits = a.vector_candidates(&gone_vec, &Filters::default(), 3).unwrap();
+    assert!(a.chunk_rows(&hits.iter().map(|h| h.0).collect::<Vec<_>>()).unwrap().iter().all(|r| r.item_id != gone.id));
+    assert_all_found(&mut a, "A after B's replacements and delete");
+    b.flush().unwrap();
+    drop(b);
+    assert_eq!(a.stats().unwrap().items, 79);
+    a.flush().unwrap();
+    drop(a);
+    let mut c = Store::open(dir.path()).unwrap();
+    assert_all_found(&mut c, "reopened");
+}
+
+#[test]
+fn a_stale_handle_never_saves_its_index_as_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path()).unwrap();
+    for i in 0..30 {
+        put(&mut a, &format!("/a/{i}.md"), i, 1);
+    }
+    // B writes and saves a correct index; A, which has not searched since, then deletes one
+    // of its own items and saves on drop.
+    let mut b = Store::open(dir.path()).unwrap();
+    for i in 0..30 {
+        put(&mut b, &format!("/b/{i}.md"), 100 + i, 1);
+    }
+    drop(b);
+    let first = a.item_by_path("/a/0.md").unwrap().unwrap();
+    assert!(a.delete_item(first.id).unwrap());
+    a.flush().unwrap();
+    drop(a);
+    let mut c = Store::open(dir.path()).unwrap();
+    assert_eq!(c.stats().unwrap().items, 59);
+    assert_all_found(&mut c, "reopened after A's delete");
+    // A handle that only writes (never searches) and saves last loses nothing either.
+    let mut d = Store::open(dir.path()).unwrap();
+    put(&mut d, "/d/0.md", 900, 1);
+    let mut e = Store::open(dir.path()).unwrap();
+    put(&mut e, "/e/0.md", 901, 1);
+    drop(e);
+    drop(d);
+    let mut f = Store::open(dir.path()).unwrap();
+    assert_all_found(&mut f, "after two writers saved in turn");
+    assert!(f.check_index().unwrap().ok);
+}
+
+#[test]
+fn concurrent_writers_wait_instead_of_failing() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("новый дом");
+        // Round 0: every thread opens the new directory at once (migrations race). Later
+        // rounds: the schema exists, the writers only contend for the write lock.
+        if round > 0 {
+            drop(Store::open(&home).unwrap());
+        }
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let home = home.clone();
+                std::thread::spawn(move || {
+                    let mut s = Store::open(&home).unwrap_or_else(|e| panic!("round {round} thread {t}: open: {e}"));
+                    for i in 0..60u64 {
+                        let chunks = vec![chunk(0)];
+                        let vecs = vec![vector(t * 1000 + i)];
+                        // A read before the write in the same store: the old deferred transactions upgraded and failed here.
+                        s.item_by_path(&format!("/t{t}/{i}.md")).unwrap();
+                        s.put_item(&item(&format!("/t{t}/{i}.md"), t * 1000 + i), &chunks, &vecs, "test")
+                            .unwrap_or_else(|e| panic!("round {round} thread {t}: {e}"));
+                        if i % 7 == 0 {
+                            s.vector_candidates(&vecs[0], &Filters::default(), 3).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut s = Store::open(&home).unwrap();
+        assert_eq!(s.stats().unwrap().items, 240);
+        assert_all_found(&mut s, "after concurrent writers");
+        assert!(s.check_index().unwrap().ok);
+    }
+}
+
+#[test]
+fn index_check_finds_and_repairs_a_damaged_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path()).unwrap();
+    for i in 0..50 {
+        put(&mut s, &format!("/n/{i}.md"), i, 1);
+    }
+    let c = s.check_index().unwrap();
+    assert_eq!((c.sqlite_vectors, c.index_vectors, c.missing, c.extra, c.ok), (50, 50, 0, 0, true), "{c:?}");
+    drop(s);
+    // Vectors written behind the index's back (as by an older mnema that did not log them).
+    let conn = rusqlite::Connection::open(dir.path().join("mnema.db")).unwrap();
+    conn.execute("DELETE FROM chunks WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT 3)", []).unwrap();
+    drop(conn);
+    let mut s = Store::open(dir.path()).unwrap();
+    let c = s.check_index().unwrap();
+    assert_eq!((c.sqlite_vectors, c.index_vectors, c.missing, c.extra, c.ok), (47, 50, 0, 3, false), "{c:?}");
+    s.repair_index().unwrap();
+    let c = s.check_index().unwrap();
+    assert!(c.ok, "{c:?}");
+    drop(s);
+    let mut s = Store::open(dir.path()).unwrap();
+    assert!(s.check_index().unwrap().ok);
+}
+
+#[test]
+fn sql_errors_name_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path()).unwrap();
+    put(&mut s, "/n/ok.md", 1, 1);
+    let conn = rusqlite::Connection::open(dir.path().join("mnema.db")).unwrap();
+    conn.execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON chunks BEGIN SELECT RAISE(ABORT, 'refused'); END;").unwrap();
+    let e = s.put_item(&item("/n/new.md", 2), &[chunk(0)], &[vector(2)], "test").unwrap_err().to_string();
+    assert!(e.contains(&dir.path().join("mnema.db").display().to_string()) && e.contains("refused"), "{e}");
+    let id = s.item_by_path("/n/ok.md").unwrap().unwrap().id;
+    conn.execute_batch("DROP TRIGGER refuse; CREATE TRIGGER refuse BEFORE DELETE ON items BEGIN SELECT RAISE(ABORT, 'refused'); END;")
+        .unwrap();
+    let e = s.delete_item(id).unwrap_err().to_string();
+    assert!(e.contains("mnema.db") && e.contains("refused"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn data_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("данные");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut s = Store::open(&home).unwrap();
+    put(&mut s, "/n/a.md", 1, 1);
+    s.flush().unwrap();
+    assert_eq!(mode(&home), 0o700, "an existing directory is tightened");
+    let mut seen = HashMap::new();
+    for e in std::fs::read_dir(&home).unwrap() {
+        let p = e.unwrap().path();
+        seen.insert(p.file_name().unwrap().to_string_lossy().into_owned(), mode(&p));
+    }
+    for f in ["mnema.db", "mnema.db-wal", "mnema.db-shm", "vectors.usearch", "vectors.usearch.gen"] {
+        assert_eq!(seen.get(f), Some(&0o600), "{f}: {seen:?}");
+    }
+    assert!(seen.values().all(|m| m & 0o077 == 0), "{seen:?}");
+}
+
+#[test]
+fn a_database_from_before_the_vector_log_is_upgraded_and_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Schema 1 as the previous release wrote it, with vectors and an old-style marker.
+        let conn = rusqlite::Connection::open(dir.path().join("mnema.db")).unwrap();
+        conn.execute_batch(mnema_store::schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch("INSERT INTO meta VALUES ('embedder', 'test'), ('dim', '384'), ('vectors_gen', '7');").unwrap();
+        for i in 0..30i64 {
+            conn.execute(
+                "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at) VALUES (?1, 'note', 'x', 1, ?2, ?2)",
+                rusqlite::params![format!("/old/{i}.md"), i],
+            )
+            .unwrap();
+            let blob: Vec<u8> = vector(i as u64).iter().flat_map(|x| x.to_le_bytes()).collect();
+            conn.execute(
+                "INSERT INTO chunks (item_id, seq, text, start, end, vector) VALUES (?1, 0, 'x', 0, 1, ?2)",
+                rusqlite::params![conn.last_insert_rowid(), blob],
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("vectors.usearch.gen"), "7").unwrap();
+    }
+    let mut s = Store::open(dir.path()).unwrap();
+    assert_all_found(&mut s, "upgraded");
+    // New writes after the upgrade get ids above every old one and are logged.
+    let last = s.item_by_path("/old/29.md").unwrap().unwrap();
+    assert!(s.delete_item(last.id).unwrap());
+    put(&mut s, "/new/0.md", 500, 2);
+    drop(s);
+    let mut s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.stats().unwrap().items, 30);
+    assert_all_found(&mut s, "after writes on the upgraded store");
+    assert!(s.check_index().unwrap().ok);
+}
