@@ -45,7 +45,7 @@ pub(crate) struct Inner {
     pub(crate) hostname: Option<String>,
     /// Jobs by id: at most one running, [`JOB_QUEUE`] queued, [`KEEP_FINISHED_JOBS`] finished.
     jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
-    queue: std::sync::mpsc::SyncSender<(Arc<Job>, Vec<PathBuf>)>,
+    queue: std::sync::mpsc::SyncSender<(Arc<Job>, JobPaths)>,
     /// OCR comparisons and transcriptions run at once (each holds models and a core or more).
     heavy: Arc<tokio::sync::Semaphore>,
     next_job: std::sync::atomic::AtomicU64,
@@ -580,6 +580,13 @@ impl Job {
     }
 }
 
+/// What a job reads: `paths`, and of the files found under them only those inside `roots`
+/// (a symbolic link inside an allowed folder may point out of it).
+pub(crate) struct JobPaths {
+    paths: Vec<PathBuf>,
+    roots: Vec<PathBuf>,
+}
+
 #[derive(Deserialize)]
 struct IngestBody {
     paths: Vec<String>,
@@ -604,7 +611,8 @@ async fn ingest(
     let st2 = st.clone();
     let paths = blocking(move || {
         let roots = allowed_roots(&st2)?;
-        body.paths.iter().map(|p| allowed_path(&roots, Path::new(p))).collect::<ApiResult<Vec<PathBuf>>>()
+        let paths = body.paths.iter().map(|p| allowed_path(&roots, Path::new(p))).collect::<ApiResult<Vec<PathBuf>>>()?;
+        Ok(JobPaths { paths, roots })
     })
     .await?;
     let job = start_job(&st, paths)?;
@@ -639,7 +647,7 @@ fn allowed_path(roots: &[PathBuf], p: &Path) -> ApiResult<PathBuf> {
 }
 
 /// Queues a job for the worker; 429 when [`JOB_QUEUE`] jobs already wait.
-fn start_job(st: &State, paths: Vec<PathBuf>) -> ApiResult<u64> {
+fn start_job(st: &State, paths: JobPaths) -> ApiResult<u64> {
     let id = st.next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, _) = tokio::sync::watch::channel(0);
     let job = Arc::new(Job { id, total: 0.into(), state: Mutex::new(JobState::default()), changed: tx });
@@ -665,11 +673,21 @@ fn prune(jobs: &mut BTreeMap<u64, Arc<Job>>) {
 }
 
 /// Runs one job on the worker thread.
-fn run_job(st: &State, job: &Job, paths: &[PathBuf]) {
+fn run_job(st: &State, job: &Job, paths: &JobPaths) {
     job.state.lock().unwrap_or_else(|e| e.into_inner()).started = true;
     let _ = job.changed.send(0);
     let run = || -> Result<(), String> {
-        let (files, missing) = mnema_ingest::collect(paths);
+        let (found, mut missing) = mnema_ingest::collect(&paths.paths);
+        let (files, outside): (Vec<PathBuf>, Vec<PathBuf>) =
+            found.into_iter().partition(|f| f.canonicalize().is_ok_and(|real| paths.roots.iter().any(|r| real.starts_with(r))));
+        missing.extend(outside.into_iter().map(|path| mnema_ingest::Outcome {
+            path,
+            id: None,
+            kind: None,
+            status: mnema_ingest::Status::Failed,
+            error: Some("outside the folders this server may read (a symbolic link leads out): not read".into()),
+            chunks: 0,
+        }));
         job.total.store(files.len() + missing.len(), std::sync::atomic::Ordering::Relaxed);
         let push = |o: &mnema_ingest::Outcome| {
             let v = serde_json::to_value(IngestOut::from(o)).unwrap_or_default();
@@ -719,8 +737,13 @@ async fn upload(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<UploadParams>
     raw_content_type(&headers)?;
     let tmp = body_to_file(&st, &headers, body, "").await?;
     let dir = st.config.home.join("uploads");
-    let path = blocking(move || place(tmp, &dir, &name)).await?;
-    let job = match start_job(&st, vec![path.clone()]) {
+    let (path, roots) = blocking(move || {
+        let path = place(tmp, &dir, &name)?;
+        let root = dir.canonicalize().map_err(|e| ApiError::io(&dir.display().to_string(), &e))?;
+        Ok((path, vec![root]))
+    })
+    .await?;
+    let job = match start_job(&st, JobPaths { paths: vec![path.clone()], roots }) {
         Ok(job) => job,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
