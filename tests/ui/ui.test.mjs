@@ -27,7 +27,7 @@ run("espeak-ng", ["-v", "en", "-s", "150", "-w", join(work, "raw.wav"), "Remembe
 run("sox", [join(work, "raw.wav"), "-r", "16000", "-c", "1", join(data, "tickets.wav"), "pad", "4", "0.5"]);
 run(bin, ["--home", home, "--models", models, "ingest", data]);
 
-const server = spawn(bin, ["--home", home, "--models", models, "serve", "--addr", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"] });
+const server = spawn(bin, ["--home", home, "--models", models, "serve", "--addr", "127.0.0.1:0", "--allow-path", work], { stdio: ["ignore", "ignore", "pipe"] });
 const base = await new Promise((resolve, reject) => {
   let err = "";
   server.stderr.on("data", d => { err += d; const m = err.match(/http:\/\/([\d.:]+)\//); if (m) resolve(`http://${m[1]}`); });

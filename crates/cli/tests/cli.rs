@@ -710,7 +710,7 @@ fn http_api_over_a_real_store() {
     screenshot(&dir.join("settings.png"), &["Подписка стоит 299 рублей в месяц", "Отменить подписку можно в настройках"], false);
     voice_memo(&dir.join("memo.wav"), "My ideas about vectorization: store every note as an embedding.", 3.0);
     assert_eq!(env.run(&["ingest", dir.to_str().unwrap()]).status.code(), Some(0));
-    let srv = Server::start(&env, &[], &[]).unwrap();
+    let srv = Server::start(&env, &["--allow-path", env.dir.path().to_str().unwrap()], &[]).unwrap();
 
     let (st, h) = srv.get_json("/api/health");
     assert_eq!((st, h["ok"].as_bool(), h["items"].as_u64()), (200, Some(true), Some(3)));
@@ -790,30 +790,32 @@ fn http_api_over_a_real_store() {
         assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
     }
     // Uploads: a plain name only; over the limit is 413 JSON.
-    let (st, _, _) = srv.req("POST", "/api/upload?name=..%2Fevil.md", &[], b"x");
+    let octets = [("Content-Type", "application/octet-stream")];
+    let (st, _, _) = srv.req("POST", "/api/upload?name=..%2Fevil.md", &octets, b"x");
     assert_eq!(st, 400);
-    let (st, _, b) = srv.req("POST", "/api/upload?name=note.md", &[], "Загружено через API".as_bytes());
+    let (st, _, b) = srv.req("POST", "/api/upload?name=note.md", &octets, "Загружено через API".as_bytes());
     assert_eq!(st, 202, "{}", String::from_utf8_lossy(&b));
     drop(srv);
     let small = Server::start(&env, &["--max-upload", "1KiB"], &[]).unwrap();
-    let (st, _, b) = small.req("POST", "/api/upload?name=big.md", &[], &vec![b'a'; 4096]);
+    let (st, _, b) = small.req("POST", "/api/upload?name=big.md", &octets, &vec![b'a'; 4096]);
     assert_eq!(st, 413);
     assert!(String::from_utf8_lossy(&b).contains("limit"), "{}", String::from_utf8_lossy(&b));
     // OCR comparison: one JSON line per engine, with error rates against the truth.
     let png = std::fs::read(dir.join("settings.png")).unwrap();
-    let (st, h, b) = srv2(&env).req("POST", "/api/ocr?truth=%D0%9F%D0%BE%D0%B4%D0%BF%D0%B8%D1%81%D0%BA%D0%B0", &[], &png);
+    let (st, h, b) =
+        srv2(&env).req("POST", "/api/ocr?truth=%D0%9F%D0%BE%D0%B4%D0%BF%D0%B8%D1%81%D0%BA%D0%B0", &[("Content-Type", "image/png")], &png);
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
     assert!(h.contains("application/x-ndjson"));
     let lines: Vec<Value> = String::from_utf8_lossy(&b).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.iter().map(|l| l["engine"].as_str().unwrap()).collect::<Vec<_>>(), ["tesseract", "paddle-ocr"]);
     assert!(lines[0]["text"].as_str().unwrap().contains("Подписка") && lines[0]["cer"].is_number(), "{}", lines[0]);
-    assert_eq!(small.req("POST", "/api/ocr", &[], b"not an image").0, 400);
-    assert_eq!(srv2(&env).req("POST", "/api/ocr?engines=apple-vision", &[], &png).0, 400);
+    assert_eq!(small.req("POST", "/api/ocr", &octets, b"not an image").0, 400);
+    assert_eq!(srv2(&env).req("POST", "/api/ocr?engines=apple-vision", &octets, &png).0, 400);
     // Transcription of an uploaded recording: the CLI's JSON.
     let wav = std::fs::read(dir.join("memo.wav")).unwrap();
-    let (st, _, b) = small.req("POST", "/api/transcribe?name=memo.wav", &[], &wav);
+    let (st, _, b) = small.req("POST", "/api/transcribe?name=memo.wav", &octets, &wav);
     assert_eq!(st, 413, "the 1 KiB limit applies to recordings too");
-    let (st, _, b2) = srv2(&env).req("POST", "/api/transcribe?name=memo.wav&language=en", &[], &wav);
+    let (st, _, b2) = srv2(&env).req("POST", "/api/transcribe?name=memo.wav&language=en", &[("Content-Type", "audio/wav")], &wav);
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b2));
     let t: Value = serde_json::from_slice(&b2).unwrap();
     assert!(
@@ -840,12 +842,12 @@ fn http_token_is_required_off_loopback_and_checked() {
     // Any address but loopback without a token: refused at start.
     let err = Server::start(&env, &["--addr", "0.0.0.0:0"], &[("MNEMA_TOKEN", "")]).err().expect("started without a token");
     assert!(err.contains("MNEMA_TOKEN"), "{err}");
-    let srv = Server::start(&env, &[], &[("MNEMA_TOKEN", "s3cret")]).unwrap();
+    let srv = Server::start(&env, &[], &[("MNEMA_TOKEN", "s3cret-s3cret-s3cret")]).unwrap();
     assert_eq!(srv.req("GET", "/api/health", &[], b"").0, 401);
     assert_eq!(srv.req("GET", "/api/health", &[("Authorization", "Bearer wrong")], b"").0, 401);
-    assert_eq!(srv.req("GET", "/api/health", &[("Authorization", "Bearer s3cret")], b"").0, 200);
-    let (st, h, _) = srv.req("GET", "/api/health?token=s3cret", &[], b"");
+    assert_eq!(srv.req("GET", "/api/health", &[("Authorization", "Bearer s3cret-s3cret-s3cret")], b"").0, 200);
+    let (st, h, _) = srv.req("GET", "/api/health?token=s3cret-s3cret-s3cret", &[], b"");
     assert_eq!(st, 200);
-    assert!(h.contains("set-cookie: mnema_token=s3cret"), "{h}");
-    assert_eq!(srv.req("GET", "/api/health", &[("Cookie", "mnema_token=s3cret")], b"").0, 200);
+    assert!(h.contains("set-cookie: mnema_token=s3cret-s3cret-s3cret"), "{h}");
+    assert_eq!(srv.req("GET", "/api/health", &[("Cookie", "mnema_token=s3cret-s3cret-s3cret")], b"").0, 200);
 }

@@ -1,23 +1,36 @@
-//! The JSON API: routes, the token check, the one error → status mapping, and ingest jobs
-//! with progress streamed as server-sent events.
+//! The JSON API: routes, the one error → status mapping, and ingest jobs (one worker, a
+//! bounded queue) with progress streamed as server-sent events.
 
 use crate::wire::{ChunkOut, HitOut, IngestOut, ItemOut, SearchOut, ShowOut};
 use crate::ServeOptions;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State as AxState};
+use axum::extract::{FromRequestParts, Path as UrlPath, State as AxState};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use mnema_core::{Config, Filters, Kind, SearchMode};
 use mnema_models::manager::ModelManager;
 use mnema_store::Store;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Ingest jobs waiting behind the running one; one more is refused (429).
+pub(crate) const JOB_QUEUE: usize = 16;
+/// Finished jobs kept for `/api/jobs/{id}` and status; older ones are forgotten.
+pub(crate) const KEEP_FINISHED_JOBS: usize = 100;
+/// `/api/ocr` and `/api/transcribe` requests served at once; more get 429.
+pub(crate) const HEAVY_REQUESTS: usize = 2;
+/// Longest upload name, in bytes (file systems allow 255; room is left for ` (N)`).
+pub(crate) const MAX_NAME_BYTES: usize = 200;
 
 /// Shared by all requests.
 pub(crate) struct Inner {
@@ -26,8 +39,15 @@ pub(crate) struct Inner {
     /// One connection for reads and deletes; ingest jobs open their own (SQLite WAL lets
     /// readers go on while a job writes).
     store: Mutex<Store>,
-    opts: ServeOptions,
-    jobs: Mutex<HashMap<u64, Arc<Job>>>,
+    pub(crate) opts: ServeOptions,
+    /// The address the server is bound to and this machine's name (the `Host` check).
+    pub(crate) bound: SocketAddr,
+    pub(crate) hostname: Option<String>,
+    /// Jobs by id: at most one running, [`JOB_QUEUE`] queued, [`KEEP_FINISHED_JOBS`] finished.
+    jobs: Mutex<BTreeMap<u64, Arc<Job>>>,
+    queue: std::sync::mpsc::SyncSender<(Arc<Job>, JobPaths)>,
+    /// OCR comparisons and transcriptions run at once (each holds models and a core or more).
+    heavy: Arc<tokio::sync::Semaphore>,
     next_job: std::sync::atomic::AtomicU64,
     started: Instant,
     /// Recent query vectors: typing refines and repeats queries, and a query's embedding is
@@ -67,18 +87,61 @@ impl QueryCache {
 
 pub(crate) type State = Arc<Inner>;
 
-pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Store, opts: ServeOptions) -> State {
-    Arc::new(Inner {
+pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Store, opts: ServeOptions, bound: SocketAddr) -> State {
+    let (queue, jobs_rx) = std::sync::mpsc::sync_channel(JOB_QUEUE);
+    let st = Arc::new(Inner {
         config,
         models,
         store: Mutex::new(store),
         opts,
-        jobs: Mutex::new(HashMap::new()),
+        bound,
+        hostname: sysinfo::System::host_name().ok(),
+        jobs: Mutex::new(BTreeMap::new()),
+        queue,
+        heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_REQUESTS)),
         next_job: 1.into(),
         started: Instant::now(),
         query_vectors: Mutex::default(),
         history: Default::default(),
-    })
+    });
+    // One worker runs the jobs in order: ingest is CPU- and memory-bound, so parallel jobs
+    // would only compete for the same cores and model budget.
+    let worker = Arc::downgrade(&st);
+    std::thread::Builder::new()
+        .name("ingest-jobs".into())
+        .spawn(move || {
+            for (job, paths) in jobs_rx {
+                let Some(st) = worker.upgrade() else { return };
+                run_job(&st, &job, &paths);
+            }
+        })
+        .expect("spawning the ingest worker");
+    clean_tmp(&st.config.home);
+    st
+}
+
+/// Private scratch space for request bodies, inside the data directory (never /tmp).
+fn tmp_dir(home: &Path) -> std::io::Result<PathBuf> {
+    let dir = home.join("tmp");
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Creates `dir` (and parents) with the new levels readable by the owner only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Bodies left by a killed server (older than an hour, so another server's are spared).
+fn clean_tmp(home: &Path) {
+    let Ok(entries) = std::fs::read_dir(home.join("tmp")) else { return };
+    for e in entries.flatten() {
+        let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a.as_secs() > 3600);
+        if old && e.file_name().to_str().is_some_and(|n| n.starts_with(".body-")) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Every API failure, mapped to a status here and nowhere else.
@@ -86,25 +149,66 @@ pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Store,
 pub(crate) enum ApiError {
     BadRequest(String),
     Unauthorized,
+    Forbidden(String),
     NotFound(String),
+    MethodNotAllowed,
+    Timeout,
     TooLarge(u64),
+    UnsupportedType(String),
+    /// A range past the end of a file of this many bytes.
+    NotSatisfiable(u64),
+    Misdirected(String),
     Busy(String),
     Internal(String),
+    Unavailable(String),
+    DiskFull(String),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut extra = None;
         let (status, msg) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong token (send `Authorization: Bearer TOKEN`)".into()),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token (send `Authorization: Bearer TOKEN`, or open /?token=TOKEN once in the browser)".into(),
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route".into()),
+            ApiError::Timeout => {
+                (StatusCode::REQUEST_TIMEOUT, format!("the request body stalled for {}s", crate::guard::BODY_IDLE.as_secs()))
+            }
             ApiError::TooLarge(limit) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, format!("upload larger than the limit of {}", mnema_core::ByteSize(limit)))
             }
+            ApiError::UnsupportedType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
+            ApiError::NotSatisfiable(total) => {
+                extra = HeaderValue::from_str(&format!("bytes */{total}")).ok().map(|v| (header::CONTENT_RANGE, v));
+                (StatusCode::RANGE_NOT_SATISFIABLE, format!("range outside the file ({total} bytes)"))
+            }
+            ApiError::Misdirected(m) => (StatusCode::MISDIRECTED_REQUEST, m),
             ApiError::Busy(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::DiskFull(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
         };
-        (status, Json(serde_json::json!({ "error": msg }))).into_response()
+        let mut r = (status, Json(serde_json::json!({ "error": msg }))).into_response();
+        if let Some((k, v)) = extra {
+            r.headers_mut().insert(k, v);
+        }
+        r
+    }
+}
+
+impl ApiError {
+    /// A failed file operation on the server's side (a full disk is said so).
+    fn io(what: &str, e: &std::io::Error) -> ApiError {
+        if e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded {
+            ApiError::DiskFull(format!("{what}: the disk is full"))
+        } else {
+            ApiError::Internal(format!("{what}: {e}"))
+        }
     }
 }
 
@@ -120,14 +224,30 @@ impl From<mnema_search::SearchError> for ApiError {
     }
 }
 
+/// The one place engine failures get a status: bad input 400, busy (memory budget) 429,
+/// missing or broken model files 503, anything else (a runtime failure) 500.
 impl From<mnema_extract::ExtractError> for ApiError {
     fn from(e: mnema_extract::ExtractError) -> Self {
+        use mnema_extract::ExtractError as E;
+        use mnema_models::ModelError as M;
+        let msg = e.to_string();
         match e {
-            mnema_extract::ExtractError::Model(
-                mnema_models::ModelError::OverBudget { .. } | mnema_models::ModelError::LowMemory { .. },
-            ) => ApiError::Busy(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
+            E::BadInput(_) => ApiError::BadRequest(msg),
+            E::Model(M::OverBudget { .. } | M::LowMemory { .. }) => ApiError::Busy(msg),
+            E::Model(_) | E::Tokenizer { .. } => ApiError::Unavailable(msg),
+            _ => ApiError::Internal(msg),
         }
+    }
+}
+
+/// `Query<T>` whose rejections (bad numbers, repeated keys) are JSON 400s.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri).map(|q| ApiQuery(q.0)).map_err(|e| ApiError::BadRequest(e.body_text()))
     }
 }
 
@@ -150,8 +270,9 @@ pub(crate) fn start_history(state: &State) {
     });
 }
 
-pub(crate) fn router(state: State) -> Router {
-    let limit = state.opts.max_upload as usize;
+/// The whole application: the API, the page, and the checks every request passes (outermost
+/// first: host, origin, token).
+pub(crate) fn app(state: State) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/search", get(search))
@@ -160,42 +281,20 @@ pub(crate) fn router(state: State) -> Router {
         .route("/api/status", get(status))
         .route("/api/openapi.json", get(openapi))
         .route("/api/ingest", post(ingest))
-        .route("/api/upload", post(upload).layer(DefaultBodyLimit::max(limit)))
-        .route("/api/ocr", post(ocr).layer(DefaultBodyLimit::max(limit)))
+        .route("/api/upload", post(upload))
+        .route("/api/ocr", post(ocr))
         .route("/api/ocr/engines", get(ocr_engines))
-        .route("/api/transcribe", post(transcribe).layer(DefaultBodyLimit::max(limit)))
+        .route("/api/transcribe", post(transcribe))
         .route("/api/models", get(models))
         .route("/api/jobs/{id}", get(job))
         .route("/api/jobs/{id}/events", get(job_events))
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::auth))
+        .layer(axum::middleware::from_fn(crate::guard::check_origin))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::check_host))
         .with_state(state)
-}
-
-/// With a token configured, every request must carry it: `Authorization: Bearer T`, a
-/// `token` query parameter (sets a cookie for the UI), or the `mnema_token` cookie.
-async fn auth(AxState(st): AxState<State>, req: Request, next: Next) -> Response {
-    let Some(token) = st.opts.token.as_deref().filter(|t| !t.is_empty()) else {
-        return next.run(req).await;
-    };
-    let h = req.headers();
-    let bearer = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
-    let cookie = h
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').find_map(|kv| kv.trim().strip_prefix("mnema_token=").map(str::to_string)));
-    let query = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string)));
-    let ok = [&bearer, &cookie, &query].iter().any(|t| t.as_deref() == Some(token));
-    if !ok {
-        return ApiError::Unauthorized.into_response();
-    }
-    let mut resp = next.run(req).await;
-    if query.is_some() {
-        if let Ok(v) = HeaderValue::from_str(&format!("mnema_token={token}; Path=/; HttpOnly; SameSite=Strict")) {
-            resp.headers_mut().insert(header::SET_COOKIE, v);
-        }
-    }
-    resp
 }
 
 async fn health(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
@@ -217,7 +316,7 @@ struct SearchParams {
     until: Option<String>,
 }
 
-async fn search(AxState(st): AxState<State>, Query(p): Query<SearchParams>) -> ApiResult<Json<serde_json::Value>> {
+async fn search(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<SearchParams>) -> ApiResult<Json<serde_json::Value>> {
     let started = Instant::now();
     let text = p.q.unwrap_or_default();
     if text.trim().is_empty() {
@@ -328,7 +427,7 @@ fn content_type(path: &std::path::Path) -> &'static str {
 async fn file(
     AxState(st): AxState<State>,
     UrlPath(id): UrlPath<String>,
-    Query(p): Query<FileParams>,
+    ApiQuery(p): ApiQuery<FileParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
@@ -355,49 +454,86 @@ async fn file(
             return Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "max-age=3600")], out.into_inner()).into_response());
         }
         let ct = content_type(&path);
-        if let Some((a, b)) = range.as_deref().and_then(|r| parse_range(r, total)) {
-            // Only the asked-for bytes are read: a player seeking in a long recording asks
-            // for many small ranges.
-            use std::os::unix::fs::FileExt;
-            let mut body = vec![0u8; (b - a + 1) as usize];
-            std::fs::File::open(&path).and_then(|f| f.read_exact_at(&mut body, a)).map_err(|_| gone())?;
-            let mut resp = Response::new(Body::from(body));
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{total}")) {
+        let (status, start, end) = match range.as_deref().map_or(Range::Whole, |r| parse_range(r, total)) {
+            Range::Whole => (StatusCode::OK, 0, total),
+            Range::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
+            Range::Outside => return Err(ApiError::NotSatisfiable(total)),
+        };
+        // Streamed in pieces: a request costs one buffer, not the file (a player seeking in a
+        // long recording asks for many ranges, three downloads of a 1 GiB WAV are not 3 GiB).
+        let mut f = std::fs::File::open(&path).map_err(|_| gone())?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start)).map_err(|_| gone())?;
+        let mut resp = Response::new(file_body(f, end - start));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        if status == StatusCode::PARTIAL_CONTENT {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1)) {
                 h.insert(header::CONTENT_RANGE, v);
             }
-            return Ok(resp);
         }
-        let bytes = std::fs::read(&path).map_err(|_| gone())?;
-        Ok(([(header::CONTENT_TYPE, ct), (header::ACCEPT_RANGES, "bytes")], bytes).into_response())
+        Ok(resp)
     })
     .await
 }
 
-/// `bytes=a-b`, `bytes=a-`, `bytes=-n` → inclusive range within `total`.
-fn parse_range(r: &str, total: u64) -> Option<(u64, u64)> {
-    let spec = r.strip_prefix("bytes=")?.split(',').next()?.trim();
-    let (a, b) = spec.split_once('-')?;
-    if total == 0 {
-        return None;
+/// `len` bytes of `f` from its current position, read 64 KiB at a time as the client takes them.
+fn file_body(f: std::fs::File, len: u64) -> Body {
+    const PIECE: u64 = 64 << 10;
+    let stream = futures_util::stream::unfold((tokio::fs::File::from_std(f), len), |(mut f, left)| async move {
+        use tokio::io::AsyncReadExt;
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; left.min(PIECE) as usize];
+        match f.read(&mut buf).await {
+            Ok(0) => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank while being sent")), (f, 0))),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), (f, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (f, 0))),
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// What a `Range` header asks of a file.
+#[derive(Debug, PartialEq)]
+enum Range {
+    /// No usable range (absent, another unit, malformed): the whole file.
+    Whole,
+    /// Inclusive bytes `a..=b`.
+    Part(u64, u64),
+    /// Starts past the end (416).
+    Outside,
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` (the first range of a list) within `total` bytes.
+fn parse_range(r: &str, total: u64) -> Range {
+    let Some(spec) = r.strip_prefix("bytes=").and_then(|s| s.split(',').next()).map(str::trim) else { return Range::Whole };
+    let Some((a, b)) = spec.split_once('-') else { return Range::Whole };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| if s.is_empty() { Ok(None) } else { s.parse::<u64>().map(Some) };
+    let (Ok(a), Ok(b)) = (num(a), num(b)) else { return Range::Whole };
+    match (a, b) {
+        (Some(a), b) if b.is_some_and(|b| b < a) => Range::Whole,
+        (Some(a), _) if a >= total => Range::Outside,
+        (Some(a), b) => Range::Part(a, b.unwrap_or(u64::MAX).min(total - 1)),
+        (None, Some(0)) => Range::Outside,
+        (None, Some(_)) if total == 0 => Range::Outside,
+        (None, Some(n)) => Range::Part(total.saturating_sub(n), total - 1),
+        (None, None) => Range::Whole,
     }
-    let (start, end) = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
-        (Some(a), Some(b)) => (a, b.min(total - 1)),
-        (Some(a), None) => (a, total - 1),
-        (None, Some(n)) => (total.saturating_sub(n), total - 1),
-        (None, None) => return None,
-    };
-    (start <= end && start < total).then_some((start, end))
 }
 
 async fn status(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
     blocking(move || {
         let store = st.store.lock().unwrap_or_else(|e| e.into_inner());
         let mut v = crate::wire::status(&st.config, st.opts.budget, &st.models, &store)?;
-        let jobs: Vec<serde_json::Value> = st.jobs.lock().unwrap_or_else(|e| e.into_inner()).values().map(|j| j.snapshot()).collect();
+        let jobs: Vec<serde_json::Value> = st.jobs.lock().unwrap_or_else(|e| e.into_inner()).values().map(|j| j.summary()).collect();
         v["jobs"] = jobs.into();
         v["history"] = st.history.to_json();
         Ok(Json(v))
@@ -420,16 +556,35 @@ pub(crate) struct Job {
 #[derive(Default)]
 struct JobState {
     files: Vec<serde_json::Value>,
+    started: bool,
     done: bool,
     error: Option<String>,
 }
 
 impl Job {
     fn snapshot(&self) -> serde_json::Value {
+        let mut v = self.summary();
+        v["files"] = self.state.lock().unwrap_or_else(|e| e.into_inner()).files.clone().into();
+        v
+    }
+
+    /// The snapshot without the per-file lines (for status, which lists every job).
+    fn summary(&self) -> serde_json::Value {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let failed = s.files.iter().filter(|f| f["status"] == "failed").count();
-        serde_json::json!({ "id": self.id, "total": self.total.load(std::sync::atomic::Ordering::Relaxed), "done_files": s.files.len(), "failed": failed, "done": s.done, "error": s.error, "files": s.files })
+        serde_json::json!({ "id": self.id, "total": self.total.load(std::sync::atomic::Ordering::Relaxed), "done_files": s.files.len(), "failed": failed, "queued": !s.started, "done": s.done, "error": s.error })
     }
+
+    fn is_done(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).done
+    }
+}
+
+/// What a job reads: `paths`, and of the files found under them only those inside `roots`
+/// (a symbolic link inside an allowed folder may point out of it).
+pub(crate) struct JobPaths {
+    paths: Vec<PathBuf>,
+    roots: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -437,51 +592,125 @@ struct IngestBody {
     paths: Vec<String>,
 }
 
+/// Starts an ingest job over server paths. Only paths inside an allowed root are taken:
+/// `--allow-path` folders, what was ingested from the command line, and the uploads folder;
+/// paths are compared after resolving `..` and symbolic links.
 async fn ingest(
     AxState(st): AxState<State>,
     body: Result<Json<IngestBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("expected JSON {{\"paths\": [...]}}: {}", e.body_text())))?;
+    let Json(body) = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(2 << 20),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedType("send the body as Content-Type: application/json".into()),
+        _ if e.body_text().contains(crate::guard::BODY_TIMEOUT_TEXT) => ApiError::Timeout,
+        _ => ApiError::BadRequest(format!("expected JSON {{\"paths\": [...]}}: {}", e.body_text())),
+    })?;
     if body.paths.is_empty() {
         return Err(ApiError::BadRequest("paths is empty".into()));
     }
-    let job = start_job(&st, body.paths.into_iter().map(std::path::PathBuf::from).collect());
+    let st2 = st.clone();
+    let paths = blocking(move || {
+        let roots = allowed_roots(&st2)?;
+        let paths = body.paths.iter().map(|p| allowed_path(&roots, Path::new(p))).collect::<ApiResult<Vec<PathBuf>>>()?;
+        Ok(JobPaths { paths, roots })
+    })
+    .await?;
+    let job = start_job(&st, paths)?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job": job, "events": format!("/api/jobs/{job}/events") }))).into_response())
 }
 
-fn start_job(st: &State, paths: Vec<std::path::PathBuf>) -> u64 {
+/// Where `POST /api/ingest` may read, each resolved (missing ones left out).
+fn allowed_roots(st: &State) -> ApiResult<Vec<PathBuf>> {
+    let mut roots = st.opts.allow.clone();
+    roots.extend(st.store.lock().unwrap_or_else(|e| e.into_inner()).roots()?);
+    roots.push(st.config.home.join("uploads"));
+    Ok(roots.iter().filter_map(|r| r.canonicalize().ok()).collect())
+}
+
+/// `p` resolved, if it lies inside one of `roots`; else 403 naming it (404 when it is not there).
+fn allowed_path(roots: &[PathBuf], p: &Path) -> ApiResult<PathBuf> {
+    if !p.is_absolute() {
+        return Err(ApiError::BadRequest(format!("{}: give an absolute path", p.display())));
+    }
+    let real = p.canonicalize().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ApiError::NotFound(format!("{}: no such file or folder", p.display())),
+        _ => ApiError::Forbidden(format!("{}: {e}", p.display())),
+    })?;
+    if roots.iter().any(|r| real.starts_with(r)) {
+        Ok(real)
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "{} is outside the folders this server may read: start it with `mnema serve --allow-path DIR`, or ingest it once with `mnema ingest`",
+            p.display()
+        )))
+    }
+}
+
+/// Queues a job for the worker; 429 when [`JOB_QUEUE`] jobs already wait.
+fn start_job(st: &State, paths: JobPaths) -> ApiResult<u64> {
     let id = st.next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, _) = tokio::sync::watch::channel(0);
     let job = Arc::new(Job { id, total: 0.into(), state: Mutex::new(JobState::default()), changed: tx });
-    st.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, job.clone());
-    let st = st.clone();
-    std::thread::spawn(move || {
-        let run = || -> Result<(), String> {
-            let (files, missing) = mnema_ingest::collect(&paths);
-            job.total.store(files.len() + missing.len(), std::sync::atomic::Ordering::Relaxed);
-            let push = |o: &mnema_ingest::Outcome| {
-                let v = serde_json::to_value(IngestOut::from(o)).unwrap_or_default();
-                let n = {
-                    let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
-                    s.files.push(v);
-                    s.files.len()
-                };
-                let _ = job.changed.send(n);
+    let mut jobs = st.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    match st.queue.try_send((job.clone(), paths)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::TrySendError::Full(_)) => {
+            return Err(ApiError::Busy(format!("{JOB_QUEUE} ingest jobs are already waiting: try again when one has finished")))
+        }
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(ApiError::Internal("the ingest worker has stopped".into())),
+    }
+    jobs.insert(id, job);
+    prune(&mut jobs);
+    Ok(id)
+}
+
+/// Forgets the oldest finished jobs beyond the [`KEEP_FINISHED_JOBS`] kept.
+fn prune(jobs: &mut BTreeMap<u64, Arc<Job>>) {
+    let finished: Vec<u64> = jobs.iter().filter(|(_, j)| j.is_done()).map(|(id, _)| *id).collect();
+    for old in finished.iter().take(finished.len().saturating_sub(KEEP_FINISHED_JOBS)) {
+        jobs.remove(old);
+    }
+}
+
+/// Runs one job on the worker thread.
+fn run_job(st: &State, job: &Job, paths: &JobPaths) {
+    job.state.lock().unwrap_or_else(|e| e.into_inner()).started = true;
+    let _ = job.changed.send(0);
+    let run = || -> Result<(), String> {
+        let (found, mut missing) = mnema_ingest::collect(&paths.paths);
+        let (files, outside): (Vec<PathBuf>, Vec<PathBuf>) =
+            found.into_iter().partition(|f| f.canonicalize().is_ok_and(|real| paths.roots.iter().any(|r| real.starts_with(r))));
+        missing.extend(outside.into_iter().map(|path| mnema_ingest::Outcome {
+            path,
+            id: None,
+            kind: None,
+            status: mnema_ingest::Status::Failed,
+            error: Some("outside the folders this server may read (a symbolic link leads out): not read".into()),
+            chunks: 0,
+        }));
+        job.total.store(files.len() + missing.len(), std::sync::atomic::Ordering::Relaxed);
+        let push = |o: &mnema_ingest::Outcome| {
+            let v = serde_json::to_value(IngestOut::from(o)).unwrap_or_default();
+            let n = {
+                let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
+                s.files.push(v);
+                s.files.len()
             };
-            missing.iter().for_each(push);
-            let mut store = Store::open(&st.config.home).map_err(|e| e.to_string())?;
-            mnema_ingest::Ingester::new(&st.config, &mut store, &st.models).run(&files, push).map_err(|e| e.to_string())?;
-            Ok(())
+            let _ = job.changed.send(n);
         };
-        let r = run();
-        let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.done = true;
-        s.error = r.err();
-        let n = s.files.len();
-        drop(s);
-        let _ = job.changed.send(n + 1);
-    });
-    id
+        missing.iter().for_each(push);
+        let mut store = Store::open(&st.config.home).map_err(|e| e.to_string())?;
+        mnema_ingest::Ingester::new(&st.config, &mut store, &st.models).run(&files, push).map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    let r = run();
+    let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
+    s.done = true;
+    s.error = r.err();
+    let n = s.files.len();
+    drop(s);
+    let _ = job.changed.send(n + 1);
+    prune(&mut st.jobs.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 /// Upload a file (raw body, `?name=FILE`): saved under `<home>/uploads/` and ingested.
@@ -490,31 +719,129 @@ struct UploadParams {
     name: Option<String>,
 }
 
-async fn upload(
-    AxState(st): AxState<State>,
-    Query(p): Query<UploadParams>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<Response> {
-    let body = body_or_413(&st, body)?;
-    let name = p.name.unwrap_or_default();
-    // Only a plain file name: no directories, no traversal.
-    let clean: String = name.chars().filter(|c| !matches!(c, '/' | '\\' | '\0')).collect();
-    if clean.is_empty() || clean.starts_with('.') || clean != name {
-        return Err(ApiError::BadRequest(format!("bad file name '{name}' (a plain name like memo.m4a)")));
+/// A file name from a client: one plain name (no folders, not hidden, no control characters),
+/// at most [`MAX_NAME_BYTES`] bytes.
+fn upload_name(name: Option<&str>) -> ApiResult<&str> {
+    let name = name.unwrap_or_default();
+    if name.is_empty() || name.starts_with('.') || name.chars().any(|c| matches!(c, '/' | '\\') || c.is_control()) {
+        return Err(ApiError::BadRequest(format!("bad file name '{}' (a plain name like memo.m4a)", name.escape_debug())));
     }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ApiError::BadRequest(format!("file name is {} bytes long, more than {MAX_NAME_BYTES}: shorten it", name.len())));
+    }
+    Ok(name)
+}
+
+async fn upload(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<UploadParams>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let name = upload_name(p.name.as_deref())?.to_string();
+    raw_content_type(&headers)?;
+    let tmp = body_to_file(&st, &headers, body, "").await?;
     let dir = st.config.home.join("uploads");
-    let path = dir.join(&clean);
-    blocking({
-        let path = path.clone();
-        move || {
-            std::fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(e.to_string()))?;
-            std::fs::write(&path, &body).map_err(|e| ApiError::Internal(e.to_string()))
-        }
+    let (path, roots) = blocking(move || {
+        let path = place(tmp, &dir, &name)?;
+        let root = dir.canonicalize().map_err(|e| ApiError::io(&dir.display().to_string(), &e))?;
+        Ok((path, vec![root]))
     })
     .await?;
-    let job = start_job(&st, vec![path.clone()]);
+    let job = match start_job(&st, JobPaths { paths: vec![path.clone()], roots }) {
+        Ok(job) => job,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job": job, "path": path, "events": format!("/api/jobs/{job}/events") })))
         .into_response())
+}
+
+/// A place among the [`HEAVY_REQUESTS`] OCR/transcription requests, or 429.
+fn heavy_permit(st: &State) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    st.heavy.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Busy(format!("{HEAVY_REQUESTS} OCR or transcription requests are already running: try again when one has finished"))
+    })
+}
+
+/// Moves an upload into `dir` as `name`, or `stem (2).ext`, `stem (3).ext`, … when taken:
+/// an upload never replaces an earlier file.
+fn place(tmp: tempfile::NamedTempFile, dir: &Path, name: &str) -> ApiResult<PathBuf> {
+    private_dir(dir).map_err(|e| ApiError::io(&format!("cannot create {}", dir.display()), &e))?;
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    };
+    let mut tmp = tmp;
+    for n in 1..=10_000 {
+        let path = if n == 1 { dir.join(name) } else { dir.join(format!("{stem} ({n}){ext}")) };
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => return Ok(path),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => tmp = e.file,
+            Err(e) => return Err(ApiError::io(&format!("cannot save {}", path.display()), &e.error)),
+        }
+    }
+    Err(ApiError::Busy(format!("too many uploads named '{name}'")))
+}
+
+/// A raw upload must say what it is: `application/octet-stream` or the file's own type. The
+/// types a page may send cross-site without asking (text/plain, forms) are refused, so a
+/// foreign page cannot post a file even where the origin check does not apply.
+fn raw_content_type(h: &HeaderMap) -> ApiResult<()> {
+    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if essence.is_empty() || matches!(essence.as_str(), "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data") {
+        let shown = if ct.is_empty() { "none" } else { ct };
+        return Err(ApiError::UnsupportedType(format!(
+            "send the file's bytes as Content-Type: application/octet-stream (or the file's type), not {shown}"
+        )));
+    }
+    Ok(())
+}
+
+/// Streams a request body into a private temporary file in the data directory (`<home>/tmp`,
+/// mode 0600, created exclusively), refusing it (413) once it passes the upload limit.
+async fn body_to_file(st: &State, headers: &HeaderMap, body: Body, suffix: &str) -> ApiResult<tempfile::NamedTempFile> {
+    let limit = st.opts.max_upload;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    let home = st.config.home.clone();
+    let suffix = suffix.to_string();
+    let tmp = blocking(move || {
+        let dir = tmp_dir(&home).map_err(|e| ApiError::io(&format!("cannot create {}", home.join("tmp").display()), &e))?;
+        tempfile::Builder::new()
+            .prefix(".body-")
+            .suffix(&suffix)
+            .tempfile_in(&dir)
+            .map_err(|e| ApiError::io(&format!("cannot create a file in {}", dir.display()), &e))
+    })
+    .await?;
+    let what = tmp.path().display().to_string();
+    let mut out = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(|e| ApiError::io(&what, &e))?);
+    let mut stream = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(piece) = stream.next().await {
+        use tokio::io::AsyncWriteExt;
+        let piece = piece.map_err(|e| {
+            if crate::guard::is_timeout(&e) {
+                ApiError::Timeout
+            } else {
+                ApiError::BadRequest(format!("reading the body failed: {e}"))
+            }
+        })?;
+        n += piece.len() as u64;
+        if n > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        out.write_all(&piece).await.map_err(|e| ApiError::io(&what, &e))?;
+    }
+    if n == 0 {
+        return Err(ApiError::BadRequest("empty body: send the file's bytes".into()));
+    }
+    {
+        use tokio::io::AsyncWriteExt;
+        out.flush().await.map_err(|e| ApiError::io(&what, &e))?;
+    }
+    Ok(tmp)
 }
 
 fn find_job(st: &State, id: &str) -> ApiResult<Arc<Job>> {
@@ -567,20 +894,6 @@ async fn ocr_engines(AxState(st): AxState<State>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "engines": mnema_extract::ocr::engines_in(&st.config.models_dir) }))
 }
 
-fn body_or_413(st: &State, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<axum::body::Bytes> {
-    let b = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(st.opts.max_upload)
-        } else {
-            ApiError::BadRequest(e.body_text())
-        }
-    })?;
-    if b.is_empty() {
-        return Err(ApiError::BadRequest("empty body: send the file's bytes".into()));
-    }
-    Ok(b)
-}
-
 #[derive(Deserialize)]
 struct OcrParams {
     engines: Option<String>,
@@ -589,13 +902,13 @@ struct OcrParams {
 
 /// Runs OCR engines on one uploaded image; the response streams one JSON line per engine
 /// as each finishes (`application/x-ndjson`), so a comparison shows progress.
-async fn ocr(
-    AxState(st): AxState<State>,
-    Query(p): Query<OcrParams>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<Response> {
-    let bytes = body_or_413(&st, body)?;
-    let img = mnema_extract::image::decode_bytes(&bytes, "").map_err(|e| ApiError::BadRequest(e.to_string()))?;
+async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    raw_content_type(&headers)?;
+    let permit = heavy_permit(&st)?;
+    let tmp = body_to_file(&st, &headers, body, "").await?;
+    let limit = st.opts.max_upload;
+    let img =
+        blocking(move || mnema_extract::image::decode_image(tmp.path(), limit).map_err(|e| ApiError::BadRequest(e.to_string()))).await?;
     let prepared = mnema_extract::image::prepare_for_ocr(&img);
     let all = mnema_extract::ocr::engines_in(&st.config.models_dir);
     let wanted: Vec<&'static str> = match p.engines.as_deref().unwrap_or("all") {
@@ -614,6 +927,7 @@ async fn ocr(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(8);
     std::thread::spawn(move || {
+        let _permit = permit;
         for name in wanted {
             let per = all.iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory);
             let t0 = Instant::now();
@@ -676,34 +990,32 @@ struct TranscribeParams {
 /// Transcribes one uploaded recording (same JSON as `mnema --json transcribe`).
 async fn transcribe(
     AxState(st): AxState<State>,
-    Query(p): Query<TranscribeParams>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    ApiQuery(p): ApiQuery<TranscribeParams>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let bytes = body_or_413(&st, body)?;
+    raw_content_type(&headers)?;
+    let permit = heavy_permit(&st)?;
+    let t0 = Instant::now();
+    // The decoder wants a file (containers seek); the extension only helps it guess. The file
+    // is private to this process (created exclusively in the data directory, never /tmp).
+    let ext: String = p
+        .name
+        .as_deref()
+        .and_then(|n| n.rsplit_once('.'))
+        .map(|(_, e)| e.chars().filter(char::is_ascii_alphanumeric).take(5).collect())
+        .unwrap_or_default();
+    let tmp = body_to_file(&st, &headers, body, &format!(".{}", if ext.is_empty() { "bin" } else { &ext })).await?;
     blocking(move || {
-        let t0 = Instant::now();
-        // The decoder wants a file (containers seek); the extension only helps it guess.
-        let ext: String = p
-            .name
-            .as_deref()
-            .and_then(|n| n.rsplit_once('.'))
-            .map(|(_, e)| e.chars().filter(char::is_ascii_alphanumeric).take(5).collect())
-            .unwrap_or_default();
-        let tmp = std::env::temp_dir().join(format!(
-            "mnema-upload-{}-{}.{}",
-            std::process::id(),
-            t0.elapsed().as_nanos() ^ bytes.len() as u128,
-            if ext.is_empty() { "bin" } else { &ext }
-        ));
-        std::fs::write(&tmp, &bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let _permit = permit;
         let model = st.config.speech_model.clone();
         let r = (|| {
             let whisper = mnema_ingest::acquire_whisper(&st.config, &st.models, &model)?;
             let vad = mnema_ingest::acquire_vad(&st.config, &st.models)?;
             let opts = mnema_ingest::transcribe_options(p.language.as_deref().unwrap_or(&st.config.languages));
-            mnema_ingest::transcribe_file(&tmp, &whisper, Some(&vad), &opts, |_, _| {})
+            mnema_ingest::transcribe_file(tmp.path(), &whisper, Some(&vad), &opts, |_, _| {})
         })();
-        let _ = std::fs::remove_file(&tmp);
+        drop(tmp);
         let elapsed_ms = (t0.elapsed().as_secs_f64() * 1e4).round() / 10.0;
         let name = p.name.unwrap_or_default();
         match r {
@@ -720,7 +1032,6 @@ async fn transcribe(
                 })
                 .unwrap_or_default(),
             )),
-            Err(mnema_extract::ExtractError::BadInput(e)) => Err(ApiError::BadRequest(e)),
             Err(e) => Err(e.into()),
         }
     })
@@ -745,11 +1056,17 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
-        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
-        assert_eq!(parse_range("bytes=500-5000", 1000), Some((500, 999)));
-        assert_eq!(parse_range("bytes=1000-", 1000), None);
-        assert_eq!(parse_range("items=0-1", 1000), None);
+        assert_eq!(parse_range("bytes=0-99", 1000), Range::Part(0, 99));
+        assert_eq!(parse_range("bytes=900-", 1000), Range::Part(900, 999));
+        assert_eq!(parse_range("bytes=-100", 1000), Range::Part(900, 999));
+        assert_eq!(parse_range("bytes=-5000", 1000), Range::Part(0, 999));
+        assert_eq!(parse_range("bytes=500-5000", 1000), Range::Part(500, 999));
+        assert_eq!(parse_range("bytes=1000-", 1000), Range::Outside);
+        assert_eq!(parse_range("bytes=5000-6000", 1000), Range::Outside);
+        assert_eq!(parse_range("bytes=-0", 1000), Range::Outside);
+        assert_eq!(parse_range("bytes=0-", 0), Range::Outside);
+        assert_eq!(parse_range("items=0-1", 1000), Range::Whole);
+        assert_eq!(parse_range("bytes=9-1", 1000), Range::Whole);
+        assert_eq!(parse_range("bytes=x-1", 1000), Range::Whole);
     }
 }

@@ -9,7 +9,9 @@
 
 // The contract's fields are documented in README ("JSON contract").
 mod api;
+mod guard;
 mod history;
+mod net;
 mod ui;
 #[allow(missing_docs)]
 pub mod wire;
@@ -17,6 +19,7 @@ pub mod wire;
 use mnema_core::Config;
 use mnema_models::manager::ModelManager;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Errors that stop the server from starting.
@@ -25,6 +28,18 @@ pub enum ServerError {
     /// Listening on a non-loopback address needs a token.
     #[error("refusing to listen on {0} without a token: set MNEMA_TOKEN (clients send it as `Authorization: Bearer TOKEN`)")]
     NeedsToken(SocketAddr),
+    /// The token is too short to be a secret.
+    #[error("MNEMA_TOKEN is {0} characters long: use at least 16 (e.g. `openssl rand -hex 16`)")]
+    WeakToken(usize),
+    /// An allowed folder cannot be used.
+    #[error("--allow-path {path}: {source}")]
+    AllowPath {
+        /// The folder as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -53,23 +68,32 @@ pub struct ServeOptions {
     pub max_upload: u64,
     /// The process's whole memory budget (for status).
     pub budget: u64,
+    /// Files and folders `POST /api/ingest` may read (`--allow-path`), besides those already
+    /// ingested from the command line and the uploads folder.
+    pub allow: Vec<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C / SIGTERM. `ready` is called with the bound address.
-pub fn serve(config: Config, models: Arc<ModelManager>, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
+pub fn serve(config: Config, models: Arc<ModelManager>, mut opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
     if !opts.addr.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
         return Err(ServerError::NeedsToken(opts.addr));
+    }
+    if let Some(n) = opts.token.as_deref().map(|t| t.chars().count()).filter(|n| *n < guard::MIN_TOKEN_CHARS) {
+        return Err(ServerError::WeakToken(n));
+    }
+    for p in &mut opts.allow {
+        *p = p.canonicalize().map_err(|source| ServerError::AllowPath { path: p.clone(), source })?;
     }
     let store = mnema_store::Store::open(&config.home)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.addr).await.map_err(|source| ServerError::Bind { addr: opts.addr, source })?;
         let addr = listener.local_addr()?;
-        let state = api::new_state(config, models, store, opts.clone());
+        let state = api::new_state(config, models, store, opts.clone(), addr);
         api::start_history(&state);
-        let app = api::router(state).merge(ui::router());
+        let app = api::app(state);
         ready(addr);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+        net::run(listener, app, shutdown()).await;
         Ok(())
     })
 }

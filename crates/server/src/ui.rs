@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-pub(crate) fn router() -> Router {
+pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new().route("/", get(index)).route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
 }
 

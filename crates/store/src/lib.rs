@@ -677,6 +677,51 @@ impl Store {
         self.index()?;
         Ok(())
     }
+
+    /// Records `root` (an absolute, canonical file or folder the user ingested) as a place the
+    /// server may ingest from; a root inside a recorded one adds nothing, and recorded roots
+    /// inside `root` are replaced by it. Kept in `meta` (`allowed_roots`: a JSON array of
+    /// paths, each a string, or its bytes when it is not UTF-8).
+    pub fn add_root(&mut self, root: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.sql(e))?;
+        let r = (|| {
+            let mut roots = self.roots()?;
+            if roots.iter().any(|r| root.starts_with(r)) {
+                return Ok(());
+            }
+            roots.retain(|r| !r.starts_with(root));
+            roots.push(root.to_path_buf());
+            let json: Vec<serde_json::Value> =
+                roots.iter().map(|r| r.to_str().map_or_else(|| r.as_os_str().as_bytes().to_vec().into(), Into::into)).collect();
+            self.conn
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('allowed_roots', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [serde_json::Value::from(json).to_string()],
+                )
+                .map_err(|e| self.sql(e))?;
+            Ok(())
+        })();
+        let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(|e| self.sql(e))?;
+        r
+    }
+
+    /// The files and folders recorded by [`Store::add_root`].
+    pub fn roots(&self) -> Result<Vec<PathBuf>> {
+        use std::os::unix::ffi::OsStrExt;
+        let v: Vec<serde_json::Value> = self.meta_get("allowed_roots")?.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        Ok(v.iter()
+            .filter_map(|r| match r {
+                serde_json::Value::String(s) => Some(PathBuf::from(s)),
+                serde_json::Value::Array(b) => {
+                    let bytes: Option<Vec<u8>> = b.iter().map(|x| x.as_u64().and_then(|x| u8::try_from(x).ok())).collect();
+                    bytes.map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+                }
+                _ => None,
+            })
+            .collect())
+    }
 }
 
 impl Drop for Store {

@@ -21,6 +21,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let started = Instant::now();
     let (files, missing) = collect(&args.paths);
     let mut store = ctx.store()?;
+    // What the user ingested here, `mnema serve` may ingest again (POST /api/ingest).
+    for root in args.paths.iter().filter_map(|p| p.canonicalize().ok()) {
+        store.add_root(&root)?;
+    }
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr())
     } else {
