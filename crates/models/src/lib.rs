@@ -65,6 +65,21 @@ pub enum ModelError {
         /// What holds the rest, or how to fix it.
         detail: String,
     },
+    /// Transient working memory (decoded pixels, buffers) does not fit in what the budget
+    /// has left after the models in use and other reservations.
+    #[error("{what} needs about {} of working memory but only {} of the {} memory budget is free ({detail})", mnema_core::ByteSize(*bytes), mnema_core::ByteSize(*free), mnema_core::ByteSize(*budget))]
+    NoRoom {
+        /// What the memory is for (e.g. `decoding scan.png`).
+        what: String,
+        /// Bytes asked for.
+        bytes: u64,
+        /// Bytes of the budget not charged when it was asked.
+        free: u64,
+        /// The budget in bytes.
+        budget: u64,
+        /// What holds the rest, or how to fix it.
+        detail: String,
+    },
     /// The machine lacks free memory for a model.
     #[error("not loading model {model} (about {}): only {} of memory available; loading would swap. Close other programs or lower the load", mnema_core::ByteSize(*cost), mnema_core::ByteSize(*available))]
     LowMemory {
