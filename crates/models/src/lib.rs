@@ -102,6 +102,22 @@ pub enum ModelError {
     },
 }
 
+impl ModelError {
+    /// What sort of failure this is: a missing or damaged file is
+    /// [`ModelFile`](mnema_core::ErrorKind::ModelFile), a full budget or machine
+    /// [`Busy`](mnema_core::ErrorKind::Busy), a full disk [`DiskFull`](mnema_core::ErrorKind::DiskFull).
+    pub fn kind(&self) -> mnema_core::ErrorKind {
+        use mnema_core::ErrorKind as K;
+        match self {
+            ModelError::Unknown(_) => K::Input,
+            ModelError::Missing { .. } | ModelError::Checksum { .. } | ModelError::Format { .. } => K::ModelFile,
+            ModelError::Io { source, .. } => K::of_io(source, K::ModelFile),
+            ModelError::OverBudget { .. } | ModelError::NoRoom { .. } | ModelError::LowMemory { .. } => K::Busy,
+            ModelError::Hub { .. } => K::Unavailable,
+        }
+    }
+}
+
 /// Sets glibc's threshold above which allocations get their own mapping (returned to the
 /// system whole when freed). The model manager lowers it to 4 MiB while a model loads, so the
 /// load's large temporary buffers do not stay behind as heap fragments (measured: a process
