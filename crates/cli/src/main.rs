@@ -10,16 +10,32 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit codes (documented in README).
+/// Exit codes (documented in README). Errors get theirs from their kind, in [`exit::for_kind`]
+/// and nowhere else.
 pub mod exit {
+    use mnema_core::ErrorKind;
+
     /// Everything worked.
     pub const OK: u8 = 0;
     /// Partly failed: some files were not ingested, or doctor found a required piece missing.
     pub const PARTIAL: u8 = 1;
-    /// The command failed (bad arguments, missing models, unusable data directory).
+    /// The command failed for a reason the user can act on: bad arguments or settings,
+    /// missing or corrupt model files, an engine this machine lacks, the memory budget or
+    /// the disk full, an unusable data directory.
     pub const ERROR: u8 = 2;
     /// The item asked for does not exist.
     pub const NOT_FOUND: u8 = 3;
+    /// An internal failure the input does not explain (an engine or runtime failed while
+    /// running): worth a bug report with the message.
+    pub const INTERNAL: u8 = 4;
+
+    /// The exit code of a failed command.
+    pub fn for_kind(kind: ErrorKind) -> u8 {
+        match kind {
+            ErrorKind::Input | ErrorKind::Unavailable | ErrorKind::ModelFile | ErrorKind::Busy | ErrorKind::DiskFull => ERROR,
+            ErrorKind::Internal => INTERNAL,
+        }
+    }
 }
 
 /// mnema — a local second memory: find your notes, screenshots and voice memos by
@@ -94,25 +110,121 @@ fn main() -> ExitCode {
     mnema_models::use_few_malloc_arenas(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cli = Cli::parse();
     let filter = match cli.verbose {
-        // symphonia warns about harmless things it skips (a stray byte before an MP3 frame).
-        0 => "warn,symphonia=error",
+        // Decoder and runtime libraries log every damaged packet or failed session at error
+        // level, without naming the file (symphonia: ~30 lines for one corrupt recording).
+        // The failure reaches the user once, as mnema's own line naming the file; their logs
+        // show with -v.
+        0 => "warn,symphonia=off,ort=off",
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MNEMA_LOG").unwrap_or_else(|_| filter.into()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+    let env_filter = match std::env::var("MNEMA_LOG") {
+        Ok(v) if !v.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => f,
+            Err(_) => {
+                eprintln!("mnema: MNEMA_LOG={v:?} is not valid: expected a log filter such as warn, info, debug or mnema_ingest=debug");
+                return ExitCode::from(exit::ERROR);
+            }
+        },
+        _ => filter.into(),
+    };
+    tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_target(false).without_time().init();
     let result = cmd::Ctx::new(&cli).and_then(|ctx| dispatch(&ctx, cli.command));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("mnema: {}", one_line(&e));
-            ExitCode::from(exit::ERROR)
+            ExitCode::from(exit::for_kind(kind_of(&e)))
         }
+    }
+}
+
+/// The kind of a command's failure: the first error in the chain that knows its kind, except
+/// that a full disk anywhere in the chain is a full disk. Errors of no known type (argument
+/// checks in the commands) are the user's input.
+fn kind_of(e: &anyhow::Error) -> mnema_core::ErrorKind {
+    use mnema_core::ErrorKind as K;
+    let kinds: Vec<K> = e.chain().filter_map(known_kind).collect();
+    if kinds.contains(&K::DiskFull) {
+        return K::DiskFull;
+    }
+    kinds.first().copied().unwrap_or(K::Input)
+}
+
+/// The kind of one error in a chain, when its type is known.
+fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<mnema_core::ErrorKind> {
+    use mnema_core::ErrorKind as K;
+    if let Some(e) = e.downcast_ref::<mnema_core::config::ConfigError>() {
+        return Some(e.kind());
+    }
+    if let Some(e) = e.downcast_ref::<mnema_extract::ExtractError>() {
+        return Some(e.kind());
+    }
+    if let Some(e) = e.downcast_ref::<mnema_models::ModelError>() {
+        return Some(e.kind());
+    }
+    if let Some(e) = e.downcast_ref::<mnema_ingest::IngestError>() {
+        return match e {
+            mnema_ingest::IngestError::Model(x) => Some(x.kind()),
+            mnema_ingest::IngestError::Store(s) => Some(store_kind(s)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<mnema_search::SearchError>() {
+        return Some(match e {
+            mnema_search::SearchError::EmptyQuery => K::Input,
+            mnema_search::SearchError::NoEmbedder => K::ModelFile,
+            mnema_search::SearchError::Store(s) => store_kind(s),
+            mnema_search::SearchError::Extract(x) => x.kind(),
+            #[allow(unreachable_patterns)]
+            _ => K::Input,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<mnema_store::StoreError>() {
+        return Some(store_kind(e));
+    }
+    if let Some(e) = e.downcast_ref::<rusqlite::Error>() {
+        return Some(sqlite_kind(e));
+    }
+    if let Some(e) = e.downcast_ref::<std::io::Error>() {
+        return mnema_core::error::is_disk_full(e).then_some(K::DiskFull);
+    }
+    None
+}
+
+fn store_kind(e: &mnema_store::StoreError) -> mnema_core::ErrorKind {
+    use mnema_core::ErrorKind as K;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(s) = c.downcast_ref::<rusqlite::Error>() {
+            return sqlite_kind(s);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if mnema_core::error::is_disk_full(io) {
+                return K::DiskFull;
+            }
+        }
+        cur = c.source();
+    }
+    // An unusable data directory or a store of another embedder: the user's to fix.
+    K::Input
+}
+
+/// SQLITE_FULL is a full disk; SQLITE_BUSY/LOCKED another writer; the rest a failure of ours.
+fn sqlite_kind(e: &rusqlite::Error) -> mnema_core::ErrorKind {
+    use mnema_core::ErrorKind as K;
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => K::DiskFull,
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => K::Busy,
+        Some(
+            rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::PermissionDenied
+            | rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::NotADatabase,
+        ) => K::Input,
+        _ => K::Internal,
     }
 }
 

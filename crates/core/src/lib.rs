@@ -7,12 +7,14 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod error;
 pub mod profile;
 pub mod size;
 pub mod text;
 pub mod time;
 
 pub use config::Config;
+pub use error::ErrorKind;
 pub use size::ByteSize;
 
 use serde::{Deserialize, Serialize};

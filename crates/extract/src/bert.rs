@@ -132,7 +132,7 @@ impl Bert {
             let x = t
                 .remove(name)
                 .or_else(|| t.remove(&format!("bert.{name}")))
-                .ok_or_else(|| crate::ExtractError::BadInput(format!("weights lack tensor {name}")))?;
+                .ok_or_else(|| crate::ExtractError::ModelContent(format!("weights lack tensor {name}")))?;
             Ok((x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, x.dims().to_vec()))
         };
         let (word, dims) = take("embeddings.word_embeddings.weight")?;
@@ -265,6 +265,9 @@ pub(crate) fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, p
     let seqs = starts.len() - 1;
     let mut ctx = vec![0f32; starts[seqs] * h];
     let out = Out(ctx.as_mut_ptr());
+    // Bfloat16 products only with the CPU check's proof; f32 otherwise.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    let bf16 = if precision == Precision::Bf16 { crate::dense::Bf16Cpu::detect() } else { None };
     (0..seqs * heads).into_par_iter().for_each_init(Scratch::default, |sc, task| {
         let (s, head) = (task / heads, task % heads);
         let len = starts[s + 1] - starts[s];
@@ -274,15 +277,15 @@ pub(crate) fn attention(qkv: &[f32], starts: &[usize], h: usize, heads: usize, p
         let rs = 3 * h;
         let ctx_at = out.ptr().wrapping_add(starts[s] * h + head * hd);
         #[cfg(target_arch = "x86_64")]
-        if precision == Precision::Bf16 {
+        if let Some(cpu) = bf16 {
             sc.q.clear();
             sc.q.extend((0..len).flat_map(|i| q[i * rs..i * rs + hd].iter().map(|x| x * scale)));
             crate::dense::pack_panels_into(&mut sc.kv, len, hd, false, |j, d| k[j * rs + d]);
-            crate::dense::matmul_t_serial(&sc.q, hd, len, hd, &sc.kv, len, &mut sc.p, len, &mut sc.tiles);
+            crate::dense::matmul_t_serial(cpu, &sc.q, hd, len, hd, &sc.kv, len, &mut sc.p, len, &mut sc.tiles);
             let inv = softmax_rows(&mut sc.p, len);
             crate::dense::pack_panels_into(&mut sc.kv, hd, len, false, |c, j| v[j * rs + c]);
             sc.o.resize(len * hd, 0.0);
-            crate::dense::matmul_t_serial(&sc.p, len, len, len, &sc.kv, hd, &mut sc.o, hd, &mut sc.tiles);
+            crate::dense::matmul_t_serial(cpu, &sc.p, len, len, len, &sc.kv, hd, &mut sc.o, hd, &mut sc.tiles);
             for (i, (row, inv)) in sc.o.chunks_exact(hd).zip(&inv).enumerate() {
                 // SAFETY: row i of this (sequence, head) block: hd cells at
                 // (starts[s] + i)·h + head·hd inside ctx, written by this task only.

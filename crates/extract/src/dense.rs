@@ -24,7 +24,8 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The best this CPU runs, unless `MNEMA_DENSE=f32` asks for f32.
+    /// The best this CPU runs, unless `MNEMA_DENSE=f32` asks for f32 (the value is checked at
+    /// start by `Config::resolve`).
     pub fn best() -> Precision {
         if std::env::var("MNEMA_DENSE").is_ok_and(|v| v.eq_ignore_ascii_case("f32")) {
             return Precision::F32;
@@ -39,20 +40,44 @@ impl Precision {
 
 /// Whether this CPU has the AVX-512 BF16 dot-product instruction.
 pub fn bf16_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    Bf16Cpu::detect().is_some()
+}
+
+/// Proof that this CPU has avx512f and avx512bf16: obtainable only from the run-time
+/// detection ([`Bf16Cpu::detect`]), and required by every path that reaches the bfloat16
+/// kernels. Bfloat16 weights are only ever packed together with one, so a [`Dense`] asked
+/// for [`Precision::Bf16`] on a CPU without the instructions runs f32 instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Bf16Cpu(());
+
+#[cfg(test)]
+thread_local! {
+    /// Tests simulate a CPU without AVX-512 BF16 on their own thread.
+    static SIMULATE_NO_BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Bf16Cpu {
+    /// The proof, when the CPU has the instructions.
+    pub fn detect() -> Option<Bf16Cpu> {
+        #[cfg(test)]
+        if SIMULATE_NO_BF16.with(|c| c.get()) {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            (std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")).then_some(Bf16Cpu(()))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
     }
 }
 
 enum Weights {
     /// `panels × k/2 × NR` bf16 pairs (low half: even k, high half: odd k); columns past `n`
-    /// are zero.
-    Bf16(Vec<u32>),
+    /// are zero. Built only with the CPU check's proof.
+    Bf16(Vec<u32>, Bf16Cpu),
     /// Row-major `n × k`.
     F32(Vec<f32>),
 }
@@ -73,14 +98,19 @@ fn bf16(x: f32) -> u32 {
 }
 
 impl Dense {
-    /// From row-major `n × k` weights and `n` biases (empty: no bias).
+    /// From row-major `n × k` weights and `n` biases (empty: no bias). [`Precision::Bf16`]
+    /// on a CPU without AVX-512 BF16 gives an f32 layer (see [`precision`](Self::precision)).
     pub fn new(w: Vec<f32>, bias: Vec<f32>, n: usize, k: usize, precision: Precision) -> Dense {
         assert_eq!(w.len(), n * k, "weights are not {n}×{k}");
         let bias = if bias.is_empty() { vec![0.0; n] } else { bias };
         assert_eq!(bias.len(), n);
-        let w = match precision {
-            Precision::F32 => Weights::F32(w),
-            Precision::Bf16 => Weights::Bf16(pack_panels(n, k, true, |row, col| w[row * k + col])),
+        let w = match (precision, Bf16Cpu::detect()) {
+            (Precision::Bf16, Some(cpu)) => Weights::Bf16(pack_panels(n, k, true, |row, col| w[row * k + col]), cpu),
+            (Precision::Bf16, None) => {
+                tracing::debug!("bfloat16 layer asked for on a CPU without AVX-512 BF16: f32 instead");
+                Weights::F32(w)
+            }
+            (Precision::F32, _) => Weights::F32(w),
         };
         Dense { n, k, w, bias }
     }
@@ -94,7 +124,7 @@ impl Dense {
     pub fn bytes(&self) -> usize {
         self.bias.len() * 4
             + match &self.w {
-                Weights::Bf16(p) => p.len() * 4,
+                Weights::Bf16(p, _) => p.len() * 4,
                 Weights::F32(w) => w.len() * 4,
             }
     }
@@ -102,7 +132,7 @@ impl Dense {
     /// The arithmetic this layer runs with.
     pub fn precision(&self) -> Precision {
         match self.w {
-            Weights::Bf16(_) => Precision::Bf16,
+            Weights::Bf16(..) => Precision::Bf16,
             Weights::F32(_) => Precision::F32,
         }
     }
@@ -146,18 +176,18 @@ impl Dense {
                 y.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(&self.bias).for_each(|(a, b)| *a += b));
                 y
             }
-            Weights::Bf16(panels) => {
+            Weights::Bf16(panels, cpu) => {
                 // Not zeroed first: the tiles write every cell.
                 let mut y = Vec::with_capacity(m * n);
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: bf16_gemm writes all m×n cells of the m·n floats allocated at y's
-                // pointer before the length is set.
+                // SAFETY: y has capacity for m·n floats; bf16_gemm writes all m×n cells
+                // before the length is set; x is m×k, panels were packed for n×k.
                 unsafe {
-                    bf16_gemm(x, m, k, panels, n, &self.bias, y.as_mut_ptr());
+                    bf16_gemm(*cpu, x, m, k, panels, n, &self.bias, y.as_mut_ptr());
                     y.set_len(m * n);
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                unreachable!("bf16 weights are only packed on x86_64 ({panels:?}, {y:?})");
+                unreachable!("bf16 weights are only packed on x86_64 ({panels:?}, {y:?}, {cpu:?})");
                 y
             }
         }
@@ -180,18 +210,21 @@ impl Out {
 }
 
 #[cfg(target_arch = "x86_64")]
-/// `y` (m·n floats, row stride n) = x·Wᵀ + bias; writes every cell.
+/// `y` (m·n floats, row stride n) = x·Wᵀ + bias; writes every cell. The CPU's capability is
+/// proven by `cpu`; the operand sizes are checked here.
 ///
 /// # Safety
-/// `y` must be valid for m·n writes and the CPU must have avx512f+avx512bf16.
-unsafe fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bias: &[f32], y: *mut f32) {
+/// `y` must be valid for m·n writes of f32 that no one else reads or writes meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_gemm(cpu: Bf16Cpu, x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bias: &[f32], y: *mut f32) {
     let kp = k.div_ceil(2);
     let tiles = m.div_ceil(MR);
+    assert!(x.len() >= m * k && bias.len() >= n && panels.len() >= n.div_ceil(NR) * kp * NR, "operands too small");
     // Activations as bf16 pairs, tile by tile: tile t, pair p holds rows t·MR.. in MR lanes.
     let mut a = vec![0u32; tiles * kp * MR];
     a.par_chunks_mut(kp * MR)
         .enumerate()
-        .for_each_init(Vec::new, |rows_buf, (t, tile)| pack_tile(x, k, t * MR, MR.min(m - t * MR), k, tile, rows_buf));
+        .for_each_init(Vec::new, |rows_buf, (t, tile)| pack_tile(cpu, x, k, t * MR, MR.min(m - t * MR), k, tile, rows_buf));
     let n_panels = n.div_ceil(NR);
     // Tasks: 8 row tiles × 4 panels each; a task's panels stay in L2 across its tiles.
     let (tm, tn) = (8, 4);
@@ -205,12 +238,13 @@ unsafe fn bf16_gemm(x: &[f32], m: usize, k: usize, panels: &[u32], n: usize, bia
             let cols = NR.min(n - j * NR);
             for t in gm * tm..((gm + 1) * tm).min(tiles) {
                 let rows = MR.min(m - t * MR);
-                // SAFETY: the CPU has avx512f+avx512bf16 (only then are weights packed as
-                // bf16); a and b hold kp·MR and kp·NR pairs; the tile writes rows
-                // t·MR..t·MR+rows and columns j·NR..j·NR+cols of the m×n output, which no
-                // other task writes.
+                // SAFETY: the CPU has avx512f+avx512bf16 (`cpu`); a and b hold kp·MR and kp·NR
+                // pairs from these offsets; bias has cols floats from j·NR; the tile writes
+                // rows t·MR..t·MR+rows and columns j·NR..j·NR+cols of the m×n output, which
+                // no other task writes.
                 unsafe {
                     kernel(
+                        cpu,
                         kp,
                         a[t * kp * MR..].as_ptr(),
                         b.as_ptr(),
@@ -256,15 +290,16 @@ pub(crate) fn pack_panels_into(packed: &mut Vec<u32>, n: usize, k: usize, parall
 }
 
 /// Packs rows `first..first + rows` of `x` (row stride `lda`, depth `k`) into one MR-row tile
-/// of bf16 pairs (`kp × MR`, pair-major); `buf` is scratch.
+/// of bf16 pairs (`kp × MR`, pair-major); `buf` is scratch. Safe: `cpu` proves the
+/// instructions exist and every access is a checked slice index.
 #[cfg(target_arch = "x86_64")]
-fn pack_tile(x: &[f32], lda: usize, first: usize, rows: usize, k: usize, tile: &mut [u32], buf: &mut Vec<u32>) {
+#[allow(clippy::too_many_arguments)]
+fn pack_tile(cpu: Bf16Cpu, x: &[f32], lda: usize, first: usize, rows: usize, k: usize, tile: &mut [u32], buf: &mut Vec<u32>) {
     let kp = k.div_ceil(2);
     buf.resize(MR * kp, 0u32);
     for r in 0..rows {
         let at = (first + r) * lda;
-        // SAFETY: tiles are only packed on CPUs with avx512f+avx512bf16 (Precision::Bf16).
-        unsafe { to_bf16_pairs(&x[at..at + k], &mut buf[r * kp..(r + 1) * kp]) };
+        to_bf16_pairs(cpu, &x[at..at + k], &mut buf[r * kp..(r + 1) * kp]);
     }
     for (p, lanes) in tile.chunks_exact_mut(MR).enumerate() {
         for (r, lane) in lanes.iter_mut().enumerate() {
@@ -275,11 +310,11 @@ fn pack_tile(x: &[f32], lda: usize, first: usize, rows: usize, k: usize, tile: &
 
 /// Serial bf16 product for small per-task matrices (attention): `c = a·bᵀ`, where `a` is
 /// `m × k` with row stride `lda`, `b` is packed by [`pack_panels`] (`n` rows of depth `k`)
-/// and `c` is written `m × n` with row stride `ldc`. Needs AVX-512 BF16
-/// ([`bf16_supported`]).
+/// and `c` is written `m × n` with row stride `ldc`. `cpu` proves AVX-512 BF16.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_t_serial(
+    cpu: Bf16Cpu,
     a: &[f32],
     lda: usize,
     m: usize,
@@ -290,7 +325,6 @@ pub(crate) fn matmul_t_serial(
     ldc: usize,
     scratch: &mut (Vec<u32>, Vec<u32>),
 ) {
-    assert!(bf16_supported(), "bfloat16 products need AVX-512 BF16");
     assert!(m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n), "operands too small");
     let kp = k.div_ceil(2);
     assert!(b.len() >= n.div_ceil(NR) * kp * NR, "packed operand too small");
@@ -299,13 +333,14 @@ pub(crate) fn matmul_t_serial(
     tile.resize(kp * MR, 0);
     for t in 0..m.div_ceil(MR) {
         let rows = MR.min(m - t * MR);
-        pack_tile(a, lda, t * MR, rows, k, tile, buf);
+        pack_tile(cpu, a, lda, t * MR, rows, k, tile, buf);
         for j in 0..n.div_ceil(NR) {
             let cols = NR.min(n - j * NR);
-            // SAFETY: checked above: the CPU has the instructions, the tile holds kp·MR
+            // SAFETY: `cpu` proves the instructions; checked above: the tile holds kp·MR
             // pairs, the panel kp·NR, and c has rows×cols cells from (t·MR, j·NR).
             unsafe {
                 kernel(
+                    cpu,
                     kp,
                     tile.as_ptr(),
                     b[j * kp * NR..].as_ptr(),
@@ -321,9 +356,20 @@ pub(crate) fn matmul_t_serial(
 }
 
 /// One row as bf16 pairs: `out[p]` holds `x[2p]` (low half) and `x[2p + 1]` (high half).
+/// `cpu` proves the instructions; panics when `out` has fewer than ⌈len/2⌉ slots.
+#[cfg(target_arch = "x86_64")]
+fn to_bf16_pairs(cpu: Bf16Cpu, x: &[f32], out: &mut [u32]) {
+    assert!(out.len() >= x.len().div_ceil(2), "output too small");
+    // SAFETY: `cpu` is only obtained when the CPU has avx512f+avx512bf16.
+    unsafe { to_bf16_pairs_avx512(cpu, x, out) }
+}
+
+/// # Safety
+/// The CPU must have avx512f and avx512bf16 (`Bf16Cpu` is the proof; `#[target_feature]`
+/// functions are unsafe to call regardless) and `out` must have ⌈x.len()/2⌉ slots.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
+unsafe fn to_bf16_pairs_avx512(_cpu: Bf16Cpu, x: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     let mut chunks = x.chunks_exact(32);
     let mut at = 0;
@@ -344,13 +390,33 @@ fn to_bf16_pairs(x: &[f32], out: &mut [u32]) {
 }
 
 /// One MR×NR output tile over the whole depth: 24 accumulators stay in registers.
+///
+/// # Safety
+/// - `a` is valid for kp·MR reads and `b` for kp·NR reads of u32;
+/// - `bias` is valid for `cols` reads of f32 (lanes past `cols` are masked off and never read);
+/// - `c` is valid for writes of `cols` floats at each of rows `0..rows` (row stride `ldc`),
+///   with `rows ≤ MR` and `cols ≤ NR`, and nothing else accesses those cells meanwhile;
+/// - the CPU has avx512f and avx512bf16 (`_cpu` is the proof).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: *const f32) {
+unsafe fn kernel(
+    _cpu: Bf16Cpu,
+    kp: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    bias: *const f32,
+) {
     use std::arch::x86_64::*;
-    // SAFETY: the caller guarantees kp·MR pairs at a, kp·NR at b, bias for the tile's
-    // columns, and rows×cols writable cells at c with row stride ldc.
+    debug_assert!(rows <= MR && cols <= NR);
+    // SAFETY: per the contract above. The second half's pointers (`bias + 16`, `row + 16`)
+    // may lie past the end of their buffers when cols ≤ 16: they are formed with
+    // `wrapping_add` (no out-of-bounds `add`) and only used with an all-zero mask, which
+    // accesses no memory.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..kp {
@@ -372,11 +438,11 @@ unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usiz
             (1u32 << (cols - 16)) as u16 - 1
         };
         let bias0 = _mm512_maskz_loadu_ps(m0, bias);
-        let bias1 = _mm512_maskz_loadu_ps(m1, bias.add(16));
+        let bias1 = _mm512_maskz_loadu_ps(m1, bias.wrapping_add(16));
         for (r, acc) in acc.iter().enumerate().take(rows) {
-            let row = c.add(r * ldc);
+            let row = c.wrapping_add(r * ldc);
             _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc[0], bias0));
-            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(acc[1], bias1));
+            _mm512_mask_storeu_ps(row.wrapping_add(16), m1, _mm512_add_ps(acc[1], bias1));
         }
     }
 }
@@ -419,6 +485,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bf16_asked_for_on_a_cpu_without_it_never_reaches_the_kernel() {
+        // The detection says no (as on a CPU without AVX-512 BF16): the public constructor
+        // must not pack bfloat16 weights, so the kernel (which would fault with SIGILL there)
+        // is unreachable, and the result is the f32 product to the bit.
+        SIMULATE_NO_BF16.with(|c| c.set(true));
+        assert!(Bf16Cpu::detect().is_none() && !bf16_supported());
+        assert_eq!(Precision::best(), Precision::F32);
+        let (m, n, k) = (13, 37, 17);
+        let (x, w, b) = (data(m * k, 1), data(n * k, 2), data(n, 3));
+        let asked = Dense::new(w.clone(), b.clone(), n, k, Precision::Bf16);
+        assert_eq!(asked.precision(), Precision::F32);
+        assert!(matches!(asked.w, Weights::F32(_)));
+        let f32_layer = Dense::new(w, b, n, k, Precision::F32);
+        assert_eq!(asked.forward(&x), f32_layer.forward(&x));
+        // Attention asked for bfloat16 takes the f32 path too (no proof, no kernel).
+        let qkv = data(10 * 3 * 64, 4);
+        assert_eq!(
+            crate::bert::attention(&qkv, &[0, 4, 10], 64, 2, Precision::Bf16),
+            crate::bert::attention(&qkv, &[0, 4, 10], 64, 2, Precision::F32)
+        );
+        SIMULATE_NO_BF16.with(|c| c.set(false));
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub fn estimate_cost(models_dir: &Path, name: &str) -> u64 {
     }
 }
 
-/// Names of the embedding models mnema can load.
-pub const EMBEDDERS: [&str; 2] = ["multilingual-e5-small", "all-minilm-l6-v2"];
+/// Names of the embedding models mnema can load (the list lives in `mnema-core`, which checks
+/// `MNEMA_EMBEDDER` at start).
+pub use mnema_core::config::EMBEDDERS;
 
 /// Loads an embedding model by catalog name from `models_dir`. The tokenizer (a 17 MB JSON
 /// for e5) is parsed on a second thread while the weights load.

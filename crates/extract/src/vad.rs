@@ -44,7 +44,7 @@ pub(crate) fn ort_env(lib: &Path) -> Result<&'static ort::environment::Environme
         let b = ort::init_from(lib).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
         b.with_name("mnema").with_telemetry(false).build().map_err(|e| format!("ONNX Runtime failed to start: {e}"))
     });
-    env.as_ref().map_err(|e| ExtractError::BadInput(e.clone()))
+    env.as_ref().map_err(|e| ExtractError::Unavailable(e.clone()))
 }
 
 /// Where the ONNX Runtime library is: `ORT_DYLIB_PATH`, else the `onnxruntime` model files.
@@ -97,7 +97,7 @@ impl Vad for SileroVad {
         self.context.fill(0.0);
     }
     fn probabilities(&mut self, samples: &[f32]) -> Result<Vec<f32>> {
-        let fail = |e: ort::Error| ExtractError::BadInput(format!("voice activity detection failed: {e}"));
+        let fail = |e: ort::Error| ExtractError::Engine(format!("voice activity detection failed: {e}"));
         let mut out = Vec::with_capacity(samples.len() / FRAME);
         let mut input = vec![0f32; CONTEXT + FRAME];
         for chunk in samples.chunks_exact(FRAME) {

@@ -65,6 +65,21 @@ pub enum ModelError {
         /// What holds the rest, or how to fix it.
         detail: String,
     },
+    /// Transient working memory (decoded pixels, buffers) does not fit in what the budget
+    /// has left after the models in use and other reservations.
+    #[error("{what} needs about {} of working memory but only {} of the {} memory budget is free ({detail})", mnema_core::ByteSize(*bytes), mnema_core::ByteSize(*free), mnema_core::ByteSize(*budget))]
+    NoRoom {
+        /// What the memory is for (e.g. `decoding scan.png`).
+        what: String,
+        /// Bytes asked for.
+        bytes: u64,
+        /// Bytes of the budget not charged when it was asked.
+        free: u64,
+        /// The budget in bytes.
+        budget: u64,
+        /// What holds the rest, or how to fix it.
+        detail: String,
+    },
     /// The machine lacks free memory for a model.
     #[error("not loading model {model} (about {}): only {} of memory available; loading would swap. Close other programs or lower the load", mnema_core::ByteSize(*cost), mnema_core::ByteSize(*available))]
     LowMemory {
@@ -85,6 +100,22 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
+}
+
+impl ModelError {
+    /// What sort of failure this is: a missing or damaged file is
+    /// [`ModelFile`](mnema_core::ErrorKind::ModelFile), a full budget or machine
+    /// [`Busy`](mnema_core::ErrorKind::Busy), a full disk [`DiskFull`](mnema_core::ErrorKind::DiskFull).
+    pub fn kind(&self) -> mnema_core::ErrorKind {
+        use mnema_core::ErrorKind as K;
+        match self {
+            ModelError::Unknown(_) => K::Input,
+            ModelError::Missing { .. } | ModelError::Checksum { .. } | ModelError::Format { .. } => K::ModelFile,
+            ModelError::Io { source, .. } => K::of_io(source, K::ModelFile),
+            ModelError::OverBudget { .. } | ModelError::NoRoom { .. } | ModelError::LowMemory { .. } => K::Busy,
+            ModelError::Hub { .. } => K::Unavailable,
+        }
+    }
 }
 
 /// Sets glibc's threshold above which allocations get their own mapping (returned to the

@@ -37,13 +37,13 @@ pub struct Ctx {
 impl Ctx {
     /// Resolves configuration and the memory budget from the parsed flags.
     pub fn new(cli: &crate::Cli) -> Result<Ctx> {
-        let config = Config::resolve(cli.home.clone(), cli.models.clone());
+        let config = Config::resolve(cli.home.clone(), cli.models.clone())?;
         let budget = cli.memory_budget.unwrap_or(ByteSize(mnema_models::manager::default_budget()));
         let base = process_rss() + RESERVE;
         if budget.0 <= base {
             anyhow::bail!("--memory-budget {budget} is too small: mnema itself needs about {} before any model", ByteSize(base));
         }
-        let models = Arc::new(ModelManager::new(budget.0 - base));
+        let models = Arc::new(ModelManager::new(budget.0 - base).with_idle_timeout(config.idle_unload));
         Ok(Ctx { config, json: cli.json, budget, models })
     }
 

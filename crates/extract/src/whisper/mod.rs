@@ -118,8 +118,8 @@ pub struct Whisper {
     languages: Vec<(String, u32)>,
 }
 
-/// Names of the speech models mnema can load.
-pub const SPEECH_MODELS: [&str; 1] = ["whisper-base"];
+/// Names of the speech models mnema can load (the list lives in `mnema-core`).
+pub use mnema_core::config::SPEECH_MODELS;
 
 /// Expected resident cost of a loaded Whisper model: weights held about as large as the fp16
 /// file (8-bit layers, the token table as f16 rows plus 8-bit blocks), plus one window's
@@ -135,14 +135,9 @@ pub fn estimate_cost(models_dir: &Path, name: &str) -> u64 {
 }
 
 fn language_codes() -> &'static [&'static str] {
-    // Whisper's language tokens, in token order (50259 = en …).
-    &[
-        "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id", "hi", "fi", "vi", "he", "uk",
-        "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn",
-        "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn",
-        "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my",
-        "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su", "yue",
-    ]
+    // Whisper's language tokens, in token order (50259 = en …); the list lives in
+    // `mnema-core`, which checks `MNEMA_LANGUAGES` at start.
+    &mnema_core::config::SPEECH_LANGUAGES
 }
 
 /// Loads a Whisper model by catalog name: CTranslate2 `model.bin` as shipped, or the hub's

@@ -417,10 +417,10 @@ impl WhisperModel {
         let dec_pos = s.tensor("decoder/position_encodings/encodings")?;
         let (vocab, d_model) = match tok_dims.as_slice() {
             [v, d] => (*v, *d),
-            other => return Err(crate::ExtractError::BadInput(format!("token embeddings have shape {other:?}"))),
+            other => return Err(crate::ExtractError::ModelContent(format!("token embeddings have shape {other:?}"))),
         };
         if d_model % 32 != 0 {
-            return Err(crate::ExtractError::BadInput(format!("model width {d_model} is not a multiple of 32")));
+            return Err(crate::ExtractError::ModelContent(format!("model width {d_model} is not a multiple of 32")));
         }
         let heads = s.int("decoder/num_heads").unwrap_or((d_model / 64) as i64) as usize;
         let shape = WhisperShape {
@@ -476,7 +476,7 @@ impl WhisperModel {
                 // MLP with the exact GELU in place.
                 let d = self.shape.d_model;
                 let qkv = qkv.forward(&h.flatten_all()?.to_vec1::<f32>()?);
-                let ctx = crate::bert::attention(&qkv, &[0, t], d, self.shape.heads, Precision::Bf16);
+                let ctx = crate::bert::attention(&qkv, &[0, t], d, self.shape.heads, out.precision());
                 x = (x + Tensor::from_vec(out.forward(&ctx), (1, t, d), &Device::Cpu)?)?;
                 let h = b.mlp_ln.forward(&x)?;
                 let mut mid = fc1.forward(&h.flatten_all()?.to_vec1::<f32>()?);
@@ -523,7 +523,7 @@ impl WhisperModel {
         let _s = mnema_core::profile::stage("asr");
         let t = tokens.len();
         if st.len + t > self.shape.text_ctx {
-            return Err(crate::ExtractError::BadInput(format!("decoder context of {} tokens exceeded", self.shape.text_ctx)));
+            return Err(crate::ExtractError::Engine(format!("decoder context of {} tokens exceeded", self.shape.text_ctx)));
         }
         let d = self.shape.d_model;
         let mut rows = Vec::with_capacity(t * d);
@@ -531,7 +531,7 @@ impl WhisperModel {
             let r = self
                 .tok_rows
                 .get(id as usize * d..(id as usize + 1) * d)
-                .ok_or_else(|| crate::ExtractError::BadInput(format!("token {id} outside the vocabulary")))?;
+                .ok_or_else(|| crate::ExtractError::Engine(format!("token {id} outside the vocabulary")))?;
             rows.extend(r.iter().map(|&b| mnema_models::e5q4::f16_to_f32(b)));
         }
         let mut x = Tensor::from_vec(rows, (t, d), &Device::Cpu)?.broadcast_add(&self.dec_pos.narrow(0, st.len, t)?)?.unsqueeze(0)?;
