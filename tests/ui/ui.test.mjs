@@ -141,6 +141,27 @@ try {
     assert.match(await page.locator("#avail").innerText(), /apple-vision.*unavailable/);
   });
 
+  await check("token login: /?token= sets the cookie and the page then works", async page => {
+    const token = "ui-test-token-0123456789";
+    const guarded = spawn(bin, ["--home", home, "--models", models, "serve", "--addr", "127.0.0.1:0"],
+      { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, MNEMA_TOKEN: token } });
+    try {
+      const base2 = await new Promise((resolve, reject) => {
+        let err = "";
+        guarded.stderr.on("data", d => { err += d; const m = err.match(/http:\/\/([\d.:]+)\//); if (m) resolve(`http://${m[1]}`); });
+        guarded.on("exit", c => reject(new Error(`serve exited ${c}: ${err}`)));
+      });
+      assert.equal((await page.goto(base2 + "/")).status(), 401, "no token, no page");
+      await page.goto(base2 + `/?token=${token}`);
+      assert.equal(page.url(), base2 + "/", "the token leaves the address bar");
+      await page.locator("#q").fill("подписка");
+      await page.locator('#results[data-query="подписка"] .card').first().waitFor({ timeout: 15000 });
+      await page.waitForFunction(() => { const i = document.querySelector('.card[data-kind="image"] img'); return i && i.complete && i.naturalWidth > 0; });
+    } finally {
+      guarded.kill();
+    }
+  });
+
   await check("layout fits a phone screen", async page => {
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(base + "/");

@@ -496,7 +496,7 @@ fn slow_connections_are_closed() {
     let mut buf = [0u8; 512];
     let r = c.read(&mut buf);
     let waited = t0.elapsed();
-    assert!(matches!(r, Ok(_)), "connection still open after {waited:?}: {r:?}");
+    assert!(r.is_ok(), "connection still open after {waited:?}: {r:?}");
     assert!(waited < Duration::from_secs(20), "closed only after {waited:?}");
     // An idle keep-alive connection is closed too.
     let t0 = Instant::now();

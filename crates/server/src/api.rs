@@ -224,18 +224,23 @@ impl From<mnema_search::SearchError> for ApiError {
     }
 }
 
-/// The one place engine failures get a status: bad input 400, busy (memory budget) 429,
-/// missing or broken model files 503, anything else (a runtime failure) 500.
 impl From<mnema_extract::ExtractError> for ApiError {
     fn from(e: mnema_extract::ExtractError) -> Self {
-        use mnema_extract::ExtractError as E;
-        use mnema_models::ModelError as M;
-        let msg = e.to_string();
-        match e {
-            E::BadInput(_) => ApiError::BadRequest(msg),
-            E::Model(M::OverBudget { .. } | M::LowMemory { .. }) => ApiError::Busy(msg),
-            E::Model(_) | E::Tokenizer { .. } => ApiError::Unavailable(msg),
-            _ => ApiError::Internal(msg),
+        ApiError::of_kind(e.kind(), e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The one place an error's kind gets a status: input 400, busy 429, an unavailable
+    /// engine or a bad model file 503, a full disk 507, anything else 500.
+    fn of_kind(kind: mnema_core::ErrorKind, msg: String) -> ApiError {
+        use mnema_core::ErrorKind as K;
+        match kind {
+            K::Input => ApiError::BadRequest(msg),
+            K::Busy => ApiError::Busy(msg),
+            K::Unavailable | K::ModelFile => ApiError::Unavailable(msg),
+            K::DiskFull => ApiError::DiskFull(msg),
+            K::Internal => ApiError::Internal(msg),
         }
     }
 }
