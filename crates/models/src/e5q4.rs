@@ -131,7 +131,8 @@ impl E5Q4File {
         c.take(norm_bytes).ok_or_else(|| bad(t))?;
         let t = "truncated tensor directory";
         let n = c.usize().ok_or_else(|| bad(t))?;
-        let mut dir = HashMap::with_capacity(n);
+        // An entry takes at least 23 bytes: room is reserved for no more than the rest can hold.
+        let mut dir = HashMap::with_capacity(n.min((c.b.len() - c.p) / 23));
         for _ in 0..n {
             let len = c.u16().ok_or_else(|| bad(t))? as usize;
             let name = String::from_utf8_lossy(c.take(len).ok_or_else(|| bad(t))?).into_owned();
@@ -254,5 +255,36 @@ mod tests {
         head.extend([1, 0, 0, 0, 128, 1, 0, 0]);
         let err = E5Q4File::parse(p, Arc::new(head)).err().unwrap();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    /// A header with the given architecture numbers, an empty tokenizer section and a tensor
+    /// directory that claims `tensors` entries.
+    fn header(hidden: u32, layers: u32, ffn: u32, vocab: u32, positions: u32, tensors: u32) -> Vec<u8> {
+        let mut v = b"E5S1".to_vec();
+        v.extend(1u32.to_le_bytes());
+        for x in [hidden, layers, 1, ffn, vocab, positions, 2] {
+            v.extend(x.to_le_bytes());
+        }
+        v.extend(1e-12f32.to_le_bytes());
+        v.extend(32u32.to_le_bytes());
+        v.extend(0u32.to_le_bytes()); // pieces
+        v.extend([0; 16]);
+        v.extend(0u64.to_le_bytes()); // piece bytes
+        v.extend([0; 4]); // (pieces + 1) offsets
+        v.extend(0u32.to_le_bytes()); // norms
+        v.extend(0u32.to_le_bytes()); // norm bytes
+        v.extend(tensors.to_le_bytes());
+        v
+    }
+
+    /// Fuzzing found (e5_reader): a directory count of 2^32 - 1 in a few-KB file reserved
+    /// room for four billion entries before reading the first.
+    #[test]
+    fn directory_count_is_bounded_by_the_file() {
+        // 4 KiB of zeros after the count: empty entries, then the file ends.
+        let mut v = header(32, 1, 32, 4, 4, u32::MAX);
+        v.resize(v.len() + 4096, 0);
+        let err = E5Q4File::parse(Path::new("x.bin"), Arc::new(v)).err().unwrap();
+        assert!(err.to_string().contains("truncated tensor directory"), "{err}");
     }
 }
