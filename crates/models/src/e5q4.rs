@@ -119,6 +119,18 @@ impl E5Q4File {
         if block != 32 || hidden == 0 || heads == 0 || hidden % heads != 0 || hidden % 32 != 0 || ffn % 32 != 0 {
             return Err(bad("unexpected architecture numbers in header"));
         }
+        // The encoder is allocated from these numbers before its tensors are read, so numbers
+        // the file cannot back (its largest tensors: the layers' Q4 matrices, the Q4 word
+        // embeddings, the f32 positions) are refused here.
+        let (hd, ld, fd, vd, pd) = (hidden as u128, layers as u128, ffn as u128, vocab as u128, max_positions as u128);
+        let q4 = |elems: u128| elems / 32 * 18;
+        let need = ld * q4(4 * hd * hd + 2 * fd * hd) + q4(vd * hd) + pd * hd * 4;
+        if need > bytes.len() as u128 {
+            return Err(bad(&format!(
+                "architecture numbers in header need {need} bytes of weights, more than the file holds ({})",
+                bytes.len()
+            )));
+        }
         // The package's own tokenizer tables: skipped.
         let t = "truncated tokenizer section";
         let pieces = c.usize().ok_or_else(|| bad(t))?;
@@ -286,5 +298,23 @@ mod tests {
         v.resize(v.len() + 4096, 0);
         let err = E5Q4File::parse(Path::new("x.bin"), Arc::new(v)).err().unwrap();
         assert!(err.to_string().contains("truncated tensor directory"), "{err}");
+    }
+
+    /// Architecture numbers no file could back were accepted, and the encoder built from them
+    /// allocates before it looks for a layer's tensors: the tiny seed of the `e5_reader` fuzz
+    /// target with 2^32 - 1 layers asked for 1.7 TB, with a 2^31-wide feed-forward 256 GB.
+    #[test]
+    fn architecture_larger_than_the_file_is_refused() {
+        let p = Path::new("x.bin");
+        for (hidden, layers, ffn, vocab, positions) in
+            [(1 << 30, 1, 32, 4, 4), (32, u32::MAX, 32, 4, 4), (32, 1, 1 << 31, 4, 4), (32, 1, 32, u32::MAX, u32::MAX)]
+        {
+            let err = E5Q4File::parse(p, Arc::new(header(hidden, layers, ffn, vocab, positions, 0))).err().expect("accepted");
+            assert!(err.to_string().contains("more than the file holds"), "{hidden} {layers} {ffn} {vocab}: {err}");
+        }
+        // Numbers the file can hold still open (the tensors are checked when asked for).
+        let mut ok = header(32, 1, 32, 4, 4, 0);
+        ok.resize(ok.len() + 32 * 32 * 4 + 32 * 32 * 2 + 4 * 32 * 2, 0);
+        E5Q4File::parse(p, Arc::new(ok)).unwrap();
     }
 }
