@@ -76,7 +76,7 @@ mod tests {
         assert!(super::parse("yesterday").is_err());
     }
 
-    /// Fuzzing found (query_parse): a year past i64's range of days overflowed (a panic in a
+    /// Found writing the query_parse fuzz target: a year past i64's range of days overflowed (a panic in a
     /// checked build, a wrong time otherwise), and negative or signed fields were accepted
     /// ("2026-01-01T-5:00" was five hours before midnight).
     #[test]

@@ -316,7 +316,7 @@ mod tests {
         assert!(err.to_string().contains("not a CTranslate2"), "{err}");
     }
 
-    /// Fuzzing found (ct2_reader): dims whose product overflows (2^16 four times is 2^64,
+    /// Found writing the ct2_reader fuzz target: dims whose product overflows (2^16 four times is 2^64,
     /// which wraps to 0) passed the size check against a zero-byte tensor, so a tensor could
     /// claim 2^64 elements backed by nothing (and the product panics in a checked build).
     #[test]
