@@ -60,8 +60,9 @@ for t in "${targets[@]}"; do
   work=$CARGO_TARGET_DIR/work/$t
   mkdir -p "$work/corpus" "$work/artifacts"
   log=$work/last.log
-  args=(-runs="$runs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 -max_len=65536
-        -print_final_stats=1 -artifact_prefix="$work/artifacts/" -dict="fuzz/dict/$t.dict")
+  args=(-runs="$runs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10
+        -print_final_stats=1 -artifact_prefix="$work/artifacts/")
+  [ -f "fuzz/dict/$t.dict" ] && args+=(-dict="fuzz/dict/$t.dict")
   [ "$max_time" -gt 0 ] && args+=(-max_total_time="$max_time")
   before=$(ls "$work/artifacts" | wc -l)
   rc=0
