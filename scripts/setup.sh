@@ -88,6 +88,13 @@ if [ ! -d tests/ui/node_modules/playwright-core ]; then
   npm ci --prefix tests/ui --no-audit --no-fund --silent >&2
 fi
 
+# --- fuzzing (scripts/fuzz.sh): the nightly toolchain and cargo-fuzz --------------------
+if ! rustup toolchain list | grep -q '^nightly'; then
+  say "installing the nightly toolchain (for cargo fuzz)"
+  rustup toolchain install nightly --profile minimal >&2
+fi
+command -v cargo-fuzz >/dev/null || { say "installing cargo-fuzz"; cargo install --locked cargo-fuzz >&2; }
+
 # --- build -------------------------------------------------------------------------------
 if [ $build -eq 1 ]; then
   say "building (cargo build --release; the first build takes ~15 minutes on 2 cores)"

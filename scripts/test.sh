@@ -13,6 +13,7 @@ cargo fmt --all --check
 cargo clippy --release --locked --workspace --all-targets -q -- -D warnings
 cargo test --release --locked --workspace
 cargo bench --locked --workspace --no-run -q
+scripts/fuzz.sh --quick # a short fuzz pass: 20,000 inputs or 30 s per target
 if [ -f ../shared/check-contract.py ]; then
   MNEMA_BIN="$CARGO_TARGET_DIR/release/mnema" python3 ../shared/check-contract.py
 fi

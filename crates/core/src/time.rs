@@ -30,14 +30,18 @@ pub fn parse(s: &str) -> Result<i64, String> {
         return s.parse().map_err(|_| err());
     }
     let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, ""));
-    let parts: Vec<i64> = date.split('-').map(|p| p.parse().map_err(|_| err())).collect::<Result<_, _>>()?;
+    // Fields are unsigned decimal numbers (no sign: "T-5:00" is not a time of day).
+    let field =
+        |p: &str| if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) { p.parse::<i64>().map_err(|_| err()) } else { Err(err()) };
+    let parts: Vec<i64> = date.split('-').map(field).collect::<Result<_, _>>()?;
     let [y, m, d] = parts[..] else { return Err(err()) };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    // Years are four digits: beyond them the day count would overflow.
+    if !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return Err(err());
     }
     let mut secs = 0;
     if !time.is_empty() {
-        let t: Vec<i64> = time.split(':').map(|p| p.parse().map_err(|_| err())).collect::<Result<_, _>>()?;
+        let t: Vec<i64> = time.split(':').map(field).collect::<Result<_, _>>()?;
         if t.len() < 2 || t.len() > 3 || t[0] > 23 || t[1] > 59 || t.get(2).is_some_and(|&x| x > 60) {
             return Err(err());
         }
@@ -70,5 +74,20 @@ mod tests {
         assert_eq!(super::parse("1795334400").unwrap(), 1_795_334_400);
         assert!(super::parse("2026-13-01").is_err());
         assert!(super::parse("yesterday").is_err());
+    }
+
+    /// Found writing the query_parse fuzz target: a year past i64's range of days overflowed (a panic in a
+    /// checked build, a wrong time otherwise), and negative or signed fields were accepted
+    /// ("2026-01-01T-5:00" was five hours before midnight).
+    #[test]
+    fn refuses_out_of_range_and_signed_fields() {
+        for s in ["99999999999999999-01-01", "9223372036854775807-12-31", "10000-01-01", "-5-01-01", "+2026-01-01", "2026-+1-01"] {
+            assert!(super::parse(s).is_err(), "{s} accepted");
+        }
+        for s in ["2026-01-01T-5:00", "2026-01-01T05:-1", "2026-01-01T05:00:-1", "2026-01-01T+5:00", "2026-01-01T-9223372036854775808:00"] {
+            assert!(super::parse(s).is_err(), "{s} accepted");
+        }
+        assert_eq!(super::parse("0000-01-01").unwrap(), -62_167_219_200);
+        assert_eq!(super::parse("9999-12-31T23:59:59").unwrap(), 253_402_300_799);
     }
 }

@@ -180,7 +180,10 @@ impl AudioStream {
                 self.frames_in += frames as u64;
                 let scale = 1.0 / channels as f32;
                 for f in self.interleaved.chunks_exact(channels) {
-                    self.pending.push(f.iter().sum::<f32>() * scale);
+                    // Float PCM can hold NaN or infinities (the resampler's FFT panics on them)
+                    // and values past full scale: silence and full scale instead.
+                    let v = f.iter().sum::<f32>() * scale;
+                    self.pending.push(if v.is_nan() { 0.0 } else { v.clamp(-1.0, 1.0) });
                 }
                 self.resample(false)
             }
@@ -340,6 +343,33 @@ mod tests {
         w.truncate(44);
         let e = err(&tmp("hollow.wav", &w));
         assert!(e.contains("no audio data") || e.contains("corrupt") || e.contains("readable"), "{e}");
+    }
+
+    /// Fuzzing found (audio_decode): a 32-bit float WAV whose samples include NaN and
+    /// infinities made the resampler's FFT panic ("Imaginary part of first value was
+    /// non-zero") instead of decoding.
+    #[test]
+    fn float_wav_with_nan_and_infinity_decodes() {
+        let samples: Vec<f32> = (0..22_050).map(|i| [0.25, f32::NAN, f32::INFINITY, -f32::INFINITY, 3.0e38, -0.5][i % 6]).collect();
+        let mut v = Vec::new();
+        v.extend(b"RIFF");
+        v.extend((36 + samples.len() as u32 * 4).to_le_bytes());
+        v.extend(b"WAVEfmt ");
+        v.extend(16u32.to_le_bytes());
+        v.extend(3u16.to_le_bytes()); // IEEE float
+        v.extend(1u16.to_le_bytes());
+        v.extend(22_050u32.to_le_bytes());
+        v.extend((22_050u32 * 4).to_le_bytes());
+        v.extend(4u16.to_le_bytes());
+        v.extend(32u16.to_le_bytes());
+        v.extend(b"data");
+        v.extend((samples.len() as u32 * 4).to_le_bytes());
+        for x in &samples {
+            v.extend(x.to_le_bytes());
+        }
+        let s = decode_file(&tmp("nan.wav", &v)).unwrap();
+        assert_eq!(s.len(), 16_000);
+        assert!(s.iter().all(|x| x.is_finite()), "non-finite samples came out");
     }
 
     #[test]

@@ -168,8 +168,8 @@ impl Ct2File {
             let code = c.u8().ok_or_else(t)?;
             let dtype = Ct2DType::from_code(code).ok_or_else(|| bad(format!("tensor {name} has unknown dtype {code}")))?;
             let nbytes = c.u32().ok_or_else(t)? as usize;
-            let elems: usize = dims.iter().product();
-            if elems.checked_mul(dtype.size()) != Some(nbytes) {
+            let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if elems.and_then(|e| e.checked_mul(dtype.size())) != Some(nbytes) {
                 return Err(bad(format!("tensor {name}: {nbytes} bytes for dims {dims:?}")));
             }
             let offset = c.p;
@@ -314,5 +314,26 @@ mod tests {
         }
         let err = Ct2File::parse(Path::new("m.bin"), Arc::new(b"RIFF\0\0\0\0".to_vec())).err().unwrap();
         assert!(err.to_string().contains("not a CTranslate2"), "{err}");
+    }
+
+    /// Found writing the ct2_reader fuzz target: dims whose product overflows (2^16 four times is 2^64,
+    /// which wraps to 0) passed the size check against a zero-byte tensor, so a tensor could
+    /// claim 2^64 elements backed by nothing (and the product panics in a checked build).
+    #[test]
+    fn dims_whose_product_overflows_are_refused() {
+        let mut v = 5u32.to_le_bytes().to_vec();
+        put_str(&mut v, "WhisperSpec");
+        v.extend(3u32.to_le_bytes());
+        v.extend(1u32.to_le_bytes());
+        put_str(&mut v, "huge");
+        v.push(4);
+        for _ in 0..4 {
+            v.extend((1u32 << 16).to_le_bytes());
+        }
+        v.push(0);
+        v.extend(0u32.to_le_bytes());
+        v.extend(0u32.to_le_bytes());
+        let err = Ct2File::parse(Path::new("m.bin"), Arc::new(v)).err().expect("overflowing dims accepted");
+        assert!(err.to_string().contains("tensor huge: 0 bytes for dims [65536, 65536, 65536, 65536]"), "{err}");
     }
 }

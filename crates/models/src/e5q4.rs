@@ -119,6 +119,18 @@ impl E5Q4File {
         if block != 32 || hidden == 0 || heads == 0 || hidden % heads != 0 || hidden % 32 != 0 || ffn % 32 != 0 {
             return Err(bad("unexpected architecture numbers in header"));
         }
+        // The encoder is allocated from these numbers before its tensors are read, so numbers
+        // the file cannot back (its largest tensors: the layers' Q4 matrices, the Q4 word
+        // embeddings, the f32 positions) are refused here.
+        let (hd, ld, fd, vd, pd) = (hidden as u128, layers as u128, ffn as u128, vocab as u128, max_positions as u128);
+        let q4 = |elems: u128| elems / 32 * 18;
+        let need = ld * q4(4 * hd * hd + 2 * fd * hd) + q4(vd * hd) + pd * hd * 4;
+        if need > bytes.len() as u128 {
+            return Err(bad(&format!(
+                "architecture numbers in header need {need} bytes of weights, more than the file holds ({})",
+                bytes.len()
+            )));
+        }
         // The package's own tokenizer tables: skipped.
         let t = "truncated tokenizer section";
         let pieces = c.usize().ok_or_else(|| bad(t))?;
@@ -131,7 +143,8 @@ impl E5Q4File {
         c.take(norm_bytes).ok_or_else(|| bad(t))?;
         let t = "truncated tensor directory";
         let n = c.usize().ok_or_else(|| bad(t))?;
-        let mut dir = HashMap::with_capacity(n);
+        // An entry takes at least 23 bytes: room is reserved for no more than the rest can hold.
+        let mut dir = HashMap::with_capacity(n.min((c.b.len() - c.p) / 23));
         for _ in 0..n {
             let len = c.u16().ok_or_else(|| bad(t))? as usize;
             let name = String::from_utf8_lossy(c.take(len).ok_or_else(|| bad(t))?).into_owned();
@@ -254,5 +267,54 @@ mod tests {
         head.extend([1, 0, 0, 0, 128, 1, 0, 0]);
         let err = E5Q4File::parse(p, Arc::new(head)).err().unwrap();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    /// A header with the given architecture numbers, an empty tokenizer section and a tensor
+    /// directory that claims `tensors` entries.
+    fn header(hidden: u32, layers: u32, ffn: u32, vocab: u32, positions: u32, tensors: u32) -> Vec<u8> {
+        let mut v = b"E5S1".to_vec();
+        v.extend(1u32.to_le_bytes());
+        for x in [hidden, layers, 1, ffn, vocab, positions, 2] {
+            v.extend(x.to_le_bytes());
+        }
+        v.extend(1e-12f32.to_le_bytes());
+        v.extend(32u32.to_le_bytes());
+        v.extend(0u32.to_le_bytes()); // pieces
+        v.extend([0; 16]);
+        v.extend(0u64.to_le_bytes()); // piece bytes
+        v.extend([0; 4]); // (pieces + 1) offsets
+        v.extend(0u32.to_le_bytes()); // norms
+        v.extend(0u32.to_le_bytes()); // norm bytes
+        v.extend(tensors.to_le_bytes());
+        v
+    }
+
+    /// Fuzzing found (e5_reader): a directory count of 2^32 - 1 in a few-KB file reserved
+    /// room for four billion entries before reading the first.
+    #[test]
+    fn directory_count_is_bounded_by_the_file() {
+        // 4 KiB of zeros after the count: empty entries, then the file ends.
+        let mut v = header(32, 1, 32, 4, 4, u32::MAX);
+        v.resize(v.len() + 4096, 0);
+        let err = E5Q4File::parse(Path::new("x.bin"), Arc::new(v)).err().unwrap();
+        assert!(err.to_string().contains("truncated tensor directory"), "{err}");
+    }
+
+    /// Architecture numbers no file could back were accepted, and the encoder built from them
+    /// allocates before it looks for a layer's tensors: the tiny seed of the `e5_reader` fuzz
+    /// target with 2^32 - 1 layers asked for 1.7 TB, with a 2^31-wide feed-forward 256 GB.
+    #[test]
+    fn architecture_larger_than_the_file_is_refused() {
+        let p = Path::new("x.bin");
+        for (hidden, layers, ffn, vocab, positions) in
+            [(1 << 30, 1, 32, 4, 4), (32, u32::MAX, 32, 4, 4), (32, 1, 1 << 31, 4, 4), (32, 1, 32, u32::MAX, u32::MAX)]
+        {
+            let err = E5Q4File::parse(p, Arc::new(header(hidden, layers, ffn, vocab, positions, 0))).err().expect("accepted");
+            assert!(err.to_string().contains("more than the file holds"), "{hidden} {layers} {ffn} {vocab}: {err}");
+        }
+        // Numbers the file can hold still open (the tensors are checked when asked for).
+        let mut ok = header(32, 1, 32, 4, 4, 0);
+        ok.resize(ok.len() + 32 * 32 * 4 + 32 * 32 * 2 + 4 * 32 * 2, 0);
+        E5Q4File::parse(p, Arc::new(ok)).unwrap();
     }
 }

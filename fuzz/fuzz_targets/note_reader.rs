@@ -1,0 +1,37 @@
+//! The note reader (validation, BOM) and the token-aware chunker with the e5 tokenizer, on
+//! arbitrary bytes. Chunk sizes vary with the input so short inputs reach the cutting logic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mnema_extract::chunk::{chunk_text, ChunkSpec};
+use mnema_extract::note::note_text;
+use std::sync::LazyLock;
+use tokenizers::Tokenizer;
+
+static TOKENIZER: LazyLock<Tokenizer> = LazyLock::new(|| {
+    let p = mnema_fuzz::models_dir().join("multilingual-e5-small/tokenizer.json");
+    let mut t = Tokenizer::from_file(&p).unwrap_or_else(|e| panic!("cannot load {} (run scripts/setup.sh): {e}", p.display()));
+    t.with_padding(None);
+    t.with_truncation(None).expect("truncation off");
+    t
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = note_text(data.to_vec()) else { return };
+    assert!(!text.contains('\0') && !text.trim().is_empty());
+    let k = data.len();
+    let spec = ChunkSpec { max_tokens: k % 40, overlap: k % 7 };
+    let chunks = chunk_text(&TOKENIZER, &text, spec).expect("the tokenizer refused valid UTF-8 text");
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c.seq as usize, i);
+        assert!(c.start < c.end && c.end as usize <= text.len(), "chunk {i}: {}..{} of {}", c.start, c.end, text.len());
+        assert_eq!(&text[c.start as usize..c.end as usize], c.text, "chunk {i} text differs from its byte range");
+        assert_eq!(c.text.trim(), c.text);
+    }
+    if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
+        // Every word of the note is in some chunk: none is lost at the edges.
+        let lead = text.len() - text.trim_start().len();
+        assert_eq!(first.start as usize, lead, "text before the first chunk is lost");
+        assert_eq!(last.end as usize, text.trim_end().len(), "text after the last chunk is lost");
+    }
+});
