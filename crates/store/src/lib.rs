@@ -527,6 +527,61 @@ impl Store {
         self.index()?;
         Ok(())
     }
+
+    /// Another item of `kind` with the same content (sha256), if any: a PNG and a recording
+    /// never share chunks.
+    pub fn item_by_content(&self, sha256: &str, kind: Kind, not_path: &str) -> Result<Option<Item>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {ITEM_COLS} FROM items WHERE sha256 = ?1 AND kind = ?2 AND path != ?3 LIMIT 1"),
+                [sha256, kind.as_str(), not_path],
+                item_from_row,
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Records image `item_id`'s difference hash in the band index (replacing its old one).
+    pub fn set_image_hash(&mut self, item_id: i64, hash: u64) -> Result<()> {
+        let tx = self.conn.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
+        let sqlerr = |source| StoreError::Sql { path: PathBuf::new(), source };
+        tx.execute("DELETE FROM image_bands WHERE item_id = ?1", [item_id]).map_err(sqlerr)?;
+        for (band, bits) in hash_bands(hash).iter().enumerate() {
+            tx.execute("INSERT INTO image_bands (item_id, band, bits) VALUES (?1, ?2, ?3)", params![item_id, band as i64, bits])
+                .map_err(sqlerr)?;
+        }
+        tx.commit().map_err(sqlerr)
+    }
+
+    /// Stored images (not at `not_path`) whose difference hash is within `max_bits` (< 8) of
+    /// `hash`, nearest first: `(id, path, sha256, hash)`. An indexed query over hash bands.
+    pub fn image_candidates(&self, hash: u64, max_bits: u32, not_path: &str) -> Result<Vec<(i64, String, String, u64)>> {
+        let bands = hash_bands(hash);
+        let cond = (0..8).map(|b| format!("(band = {b} AND bits = ?{})", b + 1)).collect::<Vec<_>>().join(" OR ");
+        let q = format!(
+            "SELECT i.id, i.path, i.sha256, json_extract(i.meta, '$.dhash') FROM items i JOIN \
+             (SELECT item_id FROM image_bands WHERE {cond} GROUP BY item_id HAVING COUNT(*) >= ?9) c ON c.item_id = i.id \
+             WHERE i.kind = 'image' AND i.path != ?10"
+        );
+        let mut args: Vec<Box<dyn ToSql>> = bands.iter().map(|b| Box::new(b.clone()) as Box<dyn ToSql>).collect();
+        args.push(Box::new(8 - i64::from(max_bits.min(7))));
+        args.push(Box::new(not_path.to_string()));
+        let mut stmt = self.conn.prepare_cached(&q).map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(args.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, path, sha, h) = r.map_err(|e| self.sql(e))?;
+            if let Some(h) = h.and_then(|h| u64::from_str_radix(&h, 16).ok()).filter(|h| (h ^ hash).count_ones() <= max_bits) {
+                out.push((id, path, sha, h));
+            }
+        }
+        out.sort_by_key(|c| ((c.3 ^ hash).count_ones(), c.0));
+        Ok(out)
+    }
 }
 
 impl Drop for Store {
@@ -614,4 +669,10 @@ fn filter_sql(f: &Filters) -> (String, Vec<Box<dyn ToSql>>) {
         args.push(Box::new(t));
     }
     (cond.join(" AND "), args)
+}
+
+/// A difference hash as 8 bands of two lowercase hex digits, first band the high byte (the
+/// order of its 16-digit hex form in item metadata).
+fn hash_bands(hash: u64) -> [String; 8] {
+    std::array::from_fn(|b| format!("{:02x}", (hash >> (56 - 8 * b)) & 0xff))
 }
