@@ -10,6 +10,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The binary under test; `MNEMA_BIN` runs these tests against another build (an older one,
+/// to see them fail there).
+fn bin() -> PathBuf {
+    std::env::var_os("MNEMA_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mnema")))
+}
+
 fn models() -> PathBuf {
     std::env::var_os("MNEMA_MODELS").map(PathBuf::from).unwrap_or_else(|| repo().join("models"))
 }
@@ -26,7 +32,7 @@ impl Env {
         self.dir.path().join(p)
     }
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mnema"));
+        let mut c = Command::new(bin());
         c.arg("--home").arg(self.path("home")).arg("--models").arg(models()).env_remove("MNEMA_HOME").env_remove("MNEMA_EMBEDDER");
         c
     }
@@ -156,7 +162,8 @@ fn content_decides_the_kind_and_odd_names_are_never_merged_or_skipped() {
     let dir = env.path("files");
     std::fs::create_dir_all(&dir).unwrap();
     // A screenshot saved with a recording's extension is read as the image it is.
-    page(&dir.join("shot.m4a"), &["Meeting notes: budget review on Friday"]);
+    page(&env.path("shot.png"), &["Meeting notes: budget review on Friday"]);
+    std::fs::rename(env.path("shot.png"), dir.join("shot.m4a")).unwrap();
     // Extension-less files in a folder: text is a note, a binary is passed over quietly.
     std::fs::write(dir.join("README"), "Инструкция: полить помидоры в четверг.\n").unwrap();
     std::fs::write(dir.join("program"), [0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0]).unwrap();
@@ -177,8 +184,8 @@ fn content_decides_the_kind_and_odd_names_are_never_merged_or_skipped() {
     std::fs::create_dir_all(&odd).unwrap();
     for (b, text) in [(0xE9u8, "Первая заметка про яблоки."), (0xE8, "Вторая заметка про груши.")]
     {
-        let name = std::ffi::OsStr::from_bytes(&[b'n', b, b'.', b'm', b'd']);
-        std::fs::write(odd.join(name), text).unwrap();
+        let name = [b'n', b, b'.', b'm', b'd'];
+        std::fs::write(odd.join(std::ffi::OsStr::from_bytes(&name)), text).unwrap();
     }
     let o = env.run(&["--json", "ingest", odd.to_str().unwrap()]);
     let lines = json_lines(&o);
@@ -206,10 +213,10 @@ fn content_decides_the_kind_and_odd_names_are_never_merged_or_skipped() {
     std::fs::create_dir_all(&deep).unwrap();
     let seg = "d".repeat(200);
     let script = format!(
-        "cd '{}' && for i in $(seq 25); do mkdir {seg} && cd {seg} || exit 1; done && echo 'глубокая заметка' > n.md",
-        deep.display()
+        "import os\nos.chdir({:?})\nfor _ in range(25):\n    os.mkdir({seg:?})\n    os.chdir({seg:?})\nopen('n.md', 'w').write('deep note')\n",
+        deep.to_str().unwrap()
     );
-    assert!(Command::new("sh").arg("-c").arg(script).status().unwrap().success());
+    assert!(Command::new("python3").arg("-c").arg(script).status().unwrap().success());
     let o = env.run(&["--json", "ingest", deep.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     let lines = json_lines(&o);
@@ -328,7 +335,7 @@ fn many_large_images_stay_within_the_memory_budget() {
     let budget: u64 = 768 << 20;
     let o = Command::new("/usr/bin/time")
         .args(["-f", "maxrss_kb=%M"])
-        .arg(env!("CARGO_BIN_EXE_mnema"))
+        .arg(bin())
         .args(["--home", env.path("home").to_str().unwrap(), "--models", models().to_str().unwrap(), "--memory-budget", "768MiB"])
         .args(["--json", "ingest"])
         .arg(&dir)
@@ -344,7 +351,7 @@ fn many_large_images_stay_within_the_memory_budget() {
     // `mnema ocr` on the same pages.
     let o = Command::new("/usr/bin/time")
         .args(["-f", "maxrss_kb=%M"])
-        .arg(env!("CARGO_BIN_EXE_mnema"))
+        .arg(bin())
         .args(["--home", env.path("home").to_str().unwrap(), "--models", models().to_str().unwrap(), "--memory-budget", "768MiB"])
         .args(["--json", "ocr"])
         .args((0..32).map(|i| dir.join(format!("p{i:02}.png"))))

@@ -5,10 +5,11 @@
 //! are those of a stored image at a resolution that resolves text. The difference hash only
 //! names candidates, through the store's band index. A candidate's original file is read
 //! back (when it still exists with its recorded sha256) and both pages are compared tile by
-//! tile ([`differing_tiles`]): no differing tile (re-saved, re-compressed) links at once; a
-//! few differing tiles (a cursor, a changed digit) have the text bands through them OCRed
-//! again, and the page is linked only when those bands read the same words as the stored
-//! lines there. Anything else is OCRed whole.
+//! tile ([`differing_tiles`]): no differing tile (re-saved, re-compressed) links at once.
+//! A few differing tiles (a cursor, a changed digit) are read again: every stored line they
+//! touch, in its box, must read the same words as stored; every region they cover where no
+//! line was must read no text (at most a few low-confidence letters: a pointer). Anything
+//! else is OCRed whole.
 
 use super::*;
 use image::GrayImage;
@@ -30,19 +31,24 @@ struct Page {
     prepared: (GrayImage, f32),
 }
 
-/// A page that differs from a stored one in a few places: the strips (rows `y0..y1` of the
-/// prepared page) to read again and the words the stored lines there hold.
+/// A place where a page differs from a stored one, to read again: a stored line's box (the
+/// words it must still read) or a region where no line was (it must still read no word).
+struct Verify {
+    rect: [u32; 4],
+    words: Option<Vec<String>>,
+}
+
+/// A page that differs from a stored one in a few places.
 struct Check {
     page: Page,
     from: i64,
-    strips: Vec<(u32, u32)>,
-    expected: Vec<String>,
+    places: Vec<Verify>,
 }
 
 /// What comparing a page with a stored candidate found.
 enum Compared {
     Same,
-    Few(Vec<(u32, u32)>, Vec<String>),
+    Few(Vec<Verify>),
     Different,
 }
 
@@ -158,8 +164,8 @@ impl Ingester<'_> {
                             break;
                         }
                     }
-                    Compared::Few(strips, expected) => {
-                        checks.push(Check { page: page.take().expect("kept until used"), from: id, strips, expected });
+                    Compared::Few(places) => {
+                        checks.push(Check { page: page.take().expect("kept until used"), from: id, places });
                         break;
                     }
                     Compared::Different => {}
@@ -182,7 +188,7 @@ impl Ingester<'_> {
         // be evicted if OCR needs its room (it is reloaded for the text after).
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(todo.len() + checks.iter().map(|c| c.strips.len()).sum::<usize>())
+            .min(todo.len() + checks.iter().map(|c| c.places.len()).sum::<usize>())
             .min((self.models.budget() / per.max(1)).max(1) as usize);
         self.embedder = None;
         // The pool is cached by engine and worker count: a pool of one is never used as two.
@@ -190,20 +196,29 @@ impl Ingester<'_> {
             let _s = stage("load-model");
             OcrPool::new(engine, &EngineOptions::with_models(&self.config.models_dir), workers)
         })?;
-        // First the strips of the near-duplicates, so those that fail join the full pages.
-        let strips: Vec<(GrayImage, f32)> = checks
+        // First the changed places of the near-duplicates, so pages that fail join the rest.
+        let crops: Vec<(GrayImage, f32)> = checks
             .iter()
             .flat_map(|c| {
                 let (g, scale) = &c.page.prepared;
-                c.strips.iter().map(move |&(y0, y1)| (image::imageops::crop_imm(g, 0, y0, g.width(), y1 - y0).to_image(), *scale))
+                c.places.iter().map(move |v| {
+                    let [x, y, w, h] = v.rect;
+                    (image::imageops::crop_imm(g, x, y, w, h).to_image(), *scale)
+                })
             })
             .collect();
-        let mut read = pool.recognize_all(&strips).into_iter();
-        drop(strips);
+        let mut read = pool.recognize_all(&crops).into_iter();
+        drop(crops);
         for mut c in checks {
-            let lines: Vec<_> = read.by_ref().take(c.strips.len()).collect();
-            let got = lines.iter().flat_map(|r| r.iter().flatten()).flat_map(|l| words(&l.text)).collect::<Vec<_>>();
-            if lines.iter().all(Result::is_ok) && sorted(got) == sorted(std::mem::take(&mut c.expected)) {
+            tracing::debug!("{}: {} changed place(s) read again", c.page.item.path, c.places.len());
+            let same = c.places.iter().all(|v| match read.next() {
+                Some(Ok(lines)) => match &v.words {
+                    Some(expected) => sorted(lines.iter().flat_map(|l| words(&l.text)).collect()) == sorted(expected.clone()),
+                    None => lines.iter().all(is_noise),
+                },
+                _ => false,
+            });
+            if same {
                 c.page.item.meta["near_duplicate_of"] = c.from.into();
                 if let Some(o) = self.reuse(&c.page.item, c.from)? {
                     done(o, out);
@@ -286,54 +301,87 @@ impl Ingester<'_> {
             return Ok(Compared::Different);
         }
         // The stored lines, in the prepared page's pixels.
-        let lines: Vec<(String, u32, u32)> = self
+        let scale = page.1;
+        let lines: Vec<(String, [u32; 4])> = self
             .store
             .item(id)?
             .and_then(|it| it.meta.get("lines").and_then(|l| l.as_array()).cloned())
             .unwrap_or_default()
             .iter()
             .filter_map(|l| {
-                let b = l.get("bbox")?.as_array()?;
-                let (y, h) = (b.get(1)?.as_u64()? as f32, b.get(3)?.as_u64()? as f32);
-                Some((l.get("text")?.as_str()?.to_string(), (y * page.1) as u32, ((y + h) * page.1).ceil() as u32))
+                let b: Vec<f32> = l.get("bbox")?.as_array()?.iter().map(|v| v.as_u64().map(|v| v as f32 * scale)).collect::<Option<_>>()?;
+                let text = l.get("text")?.as_str()?.to_string();
+                (b.len() == 4).then(|| (text, [b[0] as u32, b[1] as u32, (b[0] + b[2]).ceil() as u32, (b[1] + b[3]).ceil() as u32]))
             })
             .collect();
-        let strips = strips(&tiles, &lines, page.0.height());
-        let expected =
-            lines.iter().filter(|(_, y0, y1)| strips.iter().any(|&(a, b)| *y0 < b && *y1 > a)).flat_map(|(t, _, _)| words(t)).collect();
-        Ok(Compared::Few(strips, expected))
+        Ok(Compared::Few(places(&tiles, &lines, page.0.dimensions())))
     }
 }
 
-/// The row ranges to read again: each differing tile's rows, padded, grown until no stored
-/// line is cut, and merged where they meet.
-fn strips(tiles: &[[u32; 4]], lines: &[(String, u32, u32)], height: u32) -> Vec<(u32, u32)> {
-    let mut rows: Vec<(u32, u32)> = tiles.iter().map(|t| (t[1].saturating_sub(STRIP_PAD), (t[1] + t[3] + STRIP_PAD).min(height))).collect();
-    loop {
-        rows.sort_unstable();
-        let mut merged: Vec<(u32, u32)> = Vec::new();
-        for (a, b) in rows.iter().copied() {
-            match merged.last_mut() {
-                Some(m) if a <= m.1 => m.1 = m.1.max(b),
-                _ => merged.push((a, b)),
+/// What to read again where `tiles` differ: each stored line (`text`, `[x0, y0, x1, y1]`) a
+/// differing tile touches, in its padded box; and each group of touching differing tiles that
+/// touches no line, padded.
+fn places(tiles: &[[u32; 4]], lines: &[(String, [u32; 4])], (w, h): (u32, u32)) -> Vec<Verify> {
+    let pad = |[x0, y0, x1, y1]: [u32; 4]| {
+        let (x0, y0) = (x0.saturating_sub(STRIP_PAD), y0.saturating_sub(STRIP_PAD));
+        let (x1, y1) = ((x1 + STRIP_PAD).min(w), (y1 + STRIP_PAD).min(h));
+        [x0, y0, x1.max(x0 + 1), y1.max(y0 + 1)]
+    };
+    let meets = |a: [u32; 4], b: [u32; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+    let mut touched = vec![false; lines.len()];
+    let mut blank: Vec<[u32; 4]> = Vec::new();
+    for t in tiles {
+        let r = [t[0], t[1], t[0] + t[2], t[1] + t[3]];
+        let mut hit = false;
+        for (i, (_, b)) in lines.iter().enumerate() {
+            if meets(r, pad(*b)) {
+                touched[i] = true;
+                hit = true;
             }
         }
-        let mut grown = false;
-        for m in &mut merged {
-            for (_, y0, y1) in lines {
-                if *y0 < m.1 && *y1 > m.0 && (*y0 < m.0 + STRIP_PAD || *y1 + STRIP_PAD > m.1) {
-                    let (a, b) = (y0.saturating_sub(STRIP_PAD).min(m.0), (y1 + STRIP_PAD).min(height).max(m.1));
-                    grown |= (a, b) != *m;
-                    *m = (a, b);
+        if !hit {
+            blank.push(r);
+        }
+    }
+    // Differing tiles that touch (share an edge or a corner) make one region.
+    let mut merged = true;
+    while merged {
+        merged = false;
+        'outer: for i in 0..blank.len() {
+            for j in i + 1..blank.len() {
+                let (a, b) = (blank[i], blank[j]);
+                if a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3] {
+                    blank[i] = [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])];
+                    blank.swap_remove(j);
+                    merged = true;
+                    break 'outer;
                 }
             }
         }
-        rows = merged;
-        if !grown {
-            return rows;
-        }
     }
+    let rect = |r: [u32; 4]| {
+        let [x0, y0, x1, y1] = pad(r);
+        [x0, y0, x1 - x0, y1 - y0]
+    };
+    let mut out: Vec<Verify> =
+        lines.iter().zip(&touched).filter(|(_, t)| **t).map(|((text, b), _)| Verify { rect: rect(*b), words: Some(words(text)) }).collect();
+    out.extend(blank.into_iter().map(|r| Verify { rect: rect(r), words: None }));
+    out
 }
+
+/// Whether a line read where no text was is noise rather than text: no letter or digit, or
+/// at most [`NOISE_LETTERS`] letters (no digit) read with low confidence: a pointer or a caret
+/// read as glyphs (a mouse pointer reads as "Хх" at 45%). A digit, a longer word, or letters
+/// read with confidence are text, and the page is OCRed whole.
+fn is_noise(l: &mnema_extract::ocr::OcrLine) -> bool {
+    let letters: String = words(&l.text).concat();
+    letters.is_empty() || (letters.chars().count() <= NOISE_LETTERS && !letters.chars().any(char::is_numeric) && l.conf < NOISE_CONF)
+}
+
+/// Most letters a noise line may have.
+const NOISE_LETTERS: usize = 3;
+/// Confidence under which a few letters read where no text was count as noise.
+const NOISE_CONF: f32 = 60.0;
 
 /// A line's words for comparison: runs of letters and digits, lowercased (punctuation and a
 /// stray cursor glyph do not count; a changed digit does).
@@ -351,12 +399,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strips_grow_to_whole_lines_and_merge() {
-        let lines = vec![("Rate limit: 600".to_string(), 100, 130), ("Project".to_string(), 40, 70)];
-        // A tile inside the first line: the strip covers the line and its padding.
-        assert_eq!(strips(&[[64, 96, 32, 32]], &lines, 720), vec![(90, 136)]);
-        // Two tiles in blank space far apart: two strips, no line.
-        assert_eq!(strips(&[[0, 300, 32, 32], [0, 600, 32, 32]], &lines, 720), vec![(294, 338), (594, 638)]);
+    fn changed_places_are_whole_lines_or_blank_regions() {
+        let lines = vec![("Rate limit: 600".to_string(), [48, 100, 300, 130]), ("Project".to_string(), [48, 40, 200, 70])];
+        // A tile over the first line: that line's padded box, with its words.
+        let p = places(&[[224, 96, 32, 32]], &lines, (1280, 720));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].rect, [42, 94, 264, 42]);
+        assert_eq!(p[0].words, Some(vec!["rate".to_string(), "limit".into(), "600".into()]));
+        // Two touching tiles in blank space: one region that must read no word.
+        let p = places(&[[896, 288, 32, 32], [896, 320, 32, 32]], &lines, (1280, 720));
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].rect, p[0].words.is_none()), ([890, 282, 44, 76], true));
         assert_eq!(words("Rate limit: 600 req/min"), vec!["rate", "limit", "600", "req", "min"]);
         assert_eq!(words("Счёт № 17 | "), vec!["счёт", "17"]);
     }
