@@ -241,7 +241,7 @@ fn symlink_loops_end_and_each_file_is_indexed_once() {
     std::os::unix::fs::symlink(".", dir.join("sub/self")).unwrap();
     std::os::unix::fs::symlink("../..", dir.join("sub/deeper/up")).unwrap();
     std::os::unix::fs::symlink("a.md", dir.join("again.md")).unwrap();
-    let o = env.run_within(&["--json".as_ref(), "ingest".as_ref(), dir.as_os_str()], Duration::from_secs(120));
+    let o = env.run_within(&["--json".as_ref(), "ingest".as_ref(), dir.as_os_str()], Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let lines = json_lines(&o);
     let mut names: Vec<&str> =

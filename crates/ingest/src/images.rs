@@ -107,6 +107,9 @@ impl Ingester<'_> {
         // The pixels are charged before any is decoded: the prepared pages kept for the
         // batch, and the full decode of as many images as run at once.
         let pixels: Vec<u64> = changed.iter().map(|(_, b, _, _)| dimensions(b).map_or(0, |(w, h)| u64::from(w) * u64::from(h))).collect();
+        // The embedder is let go first, so the budget can evict it for the pixels and the OCR
+        // engines (it is reloaded for the text after).
+        self.embedder = None;
         // As many decode at once as the budget holds beside the kept pages (at least one).
         let largest = pixels.iter().copied().max().unwrap_or(0).max(1);
         let kept: u64 = pixels.iter().sum();
