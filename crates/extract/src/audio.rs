@@ -37,8 +37,8 @@ pub const MAX_CHANNELS: usize = 32;
 const MIN_BYTES_PER_SECOND: u64 = 100;
 
 /// Refuses headers no real recording has: a sample rate outside 1 kHz–384 kHz, no channel or
-/// more than 32, or a duration far beyond what the file's bytes can hold (for PCM, the bytes
-/// its frames need; for compressed codecs, 0.8 kbit/s). Such a file would otherwise become an
+/// more than 32, or a duration far beyond what the file's bytes can hold (for PCM, 64 times
+/// the bytes; for compressed codecs, 8 times at 0.8 kbit/s). Such a file would otherwise become an
 /// hours-long recording to transcribe.
 fn check_header(params: &symphonia::core::codecs::audio::AudioCodecParameters, frames: Option<u64>, file_len: u64) -> Result<()> {
     let rate = params.sample_rate.unwrap_or(0);
@@ -62,8 +62,9 @@ fn check_header(params: &symphonia::core::codecs::audio::AudioCodecParameters, f
             }
             None => seconds.saturating_mul(MIN_BYTES_PER_SECOND),
         };
-        // PCM must be all there (a truncated tail is tolerated up to a quarter).
-        let allowed = if pcm.is_some() { file_len + file_len / 3 } else { file_len };
+        // Far beyond, not merely beyond: a recording cut short (a crash, a full disk) still
+        // gives what it holds.
+        let allowed = file_len.saturating_mul(if pcm.is_some() { 64 } else { 8 }) + (64 << 10);
         if need > allowed {
             return Err(bad(format!("implausible audio header: declares {} of audio but the file holds {} bytes", hms(seconds), file_len)));
         }
