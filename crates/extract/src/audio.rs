@@ -26,6 +26,61 @@ fn bad(s: impl Into<String>) -> ExtractError {
     ExtractError::BadInput(s.into())
 }
 
+/// Lowest sample rate accepted (telephone audio is 8 kHz).
+pub const MIN_RATE: u32 = 1_000;
+/// Highest sample rate accepted (studio recorders go to 384 kHz).
+pub const MAX_RATE: u32 = 384_000;
+/// Most channels accepted.
+pub const MAX_CHANNELS: usize = 32;
+/// Fewest bytes a second of any codec read here takes (a 0.8 kbit/s stream); a header
+/// declaring more seconds than the file's bytes allow at this rate is lying.
+const MIN_BYTES_PER_SECOND: u64 = 100;
+
+/// Refuses headers no real recording has: a sample rate outside 1 kHz–384 kHz, no channel or
+/// more than 32, or a duration far beyond what the file's bytes can hold (for PCM, 64 times
+/// the bytes; for compressed codecs, 8 times at 0.8 kbit/s). Such a file would otherwise become an
+/// hours-long recording to transcribe.
+fn check_header(params: &symphonia::core::codecs::audio::AudioCodecParameters, frames: Option<u64>, file_len: u64) -> Result<()> {
+    let rate = params.sample_rate.unwrap_or(0);
+    if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        return Err(bad(format!("implausible audio header: sample rate {rate} Hz (accepted {MIN_RATE} Hz to {MAX_RATE} Hz)")));
+    }
+    if let Some(ch) = &params.channels {
+        let n = ch.count();
+        if n == 0 || n > MAX_CHANNELS {
+            return Err(bad(format!("implausible audio header: {n} channels (accepted 1 to {MAX_CHANNELS})")));
+        }
+    }
+    if let Some(frames) = frames {
+        let seconds = frames / u64::from(rate);
+        use symphonia::core::codecs::audio::well_known::{CODEC_ID_PCM_MULAW, CODEC_ID_PCM_S32LE};
+        let is_pcm = (CODEC_ID_PCM_S32LE..=CODEC_ID_PCM_MULAW).contains(&params.codec);
+        let pcm = params.bits_per_coded_sample.or(params.bits_per_sample).filter(|_| is_pcm);
+        let need = match pcm {
+            Some(bits) => {
+                frames.saturating_mul(u64::from(bits)).saturating_mul(params.channels.as_ref().map_or(1, |c| c.count()) as u64) / 8
+            }
+            None => seconds.saturating_mul(MIN_BYTES_PER_SECOND),
+        };
+        // Far beyond, not merely beyond: a recording cut short (a crash, a full disk) still
+        // gives what it holds.
+        let allowed = file_len.saturating_mul(if pcm.is_some() { 64 } else { 8 }) + (64 << 10);
+        if need > allowed {
+            return Err(bad(format!("implausible audio header: declares {} of audio but the file holds {} bytes", hms(seconds), file_len)));
+        }
+    }
+    Ok(())
+}
+
+/// `1h02m03s`, `2m03s`, `3s`.
+fn hms(s: u64) -> String {
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
 /// A decoded audio file as a stream of 16 kHz mono f32 samples.
 pub struct AudioStream {
     format: Box<dyn FormatReader>,
@@ -81,6 +136,7 @@ impl AudioStream {
             return Err(bad("audio track has sample rate 0"));
         }
         let duration_ms = track.num_frames.map(|n| n * 1000 / in_rate as u64);
+        check_header(&params, track.num_frames, meta.len())?;
         let decoder = symphonia::default::get_codecs()
             .make_audio_decoder(&params, &AudioDecoderOptions::default())
             .map_err(|e| bad(format!("unsupported audio codec {:?} ({})", params.codec, sym_reason(&e))))?;

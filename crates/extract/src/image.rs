@@ -73,6 +73,68 @@ fn check_size(w: u32, h: u32) -> Result<()> {
     Ok(())
 }
 
+/// An image's width and height from its header alone (no pixel is decoded), for charging
+/// its decoded size to the memory budget before decoding. EXIF rotation is not applied (it
+/// does not change the pixel count).
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    reader.into_dimensions().map_err(|e| bad(format!("corrupt image: {e}")))
+}
+
+/// [`dimensions`] of a file, reading only as much of it as the header takes.
+pub fn file_dimensions(path: &Path) -> Option<(u32, u32)> {
+    ImageReader::open(path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()
+}
+
+/// Bytes held per pixel while an image is decoded and prepared: the decoded image (up to
+/// RGBA, 4), its grey copy for hashing and OCR (1) and the prepared page (1).
+pub const DECODE_BYTES_PER_PIXEL: u64 = 6;
+
+/// Side of the square tiles [`differing_tiles`] compares, in pixels.
+pub const TILE: u32 = 32;
+
+/// The tiles (`[x, y, w, h]`) where two pages of the same size differ at a resolution that
+/// resolves text, or `None` when their sizes differ. Both are compared at half resolution
+/// (2×2 means, which absorbs JPEG re-compression noise around glyph edges); a tile differs
+/// when one of its half-resolution pixels moved by more than [`TILE_MAX_DELTA`] grey levels
+/// or their mean moved by more than [`TILE_MEAN_DELTA`]. A changed digit moves dozens of
+/// pixels by well over a hundred levels; JPEG q90 of a screenshot moves them by a few.
+pub fn differing_tiles(a: &GrayImage, b: &GrayImage) -> Option<Vec<[u32; 4]>> {
+    if a.dimensions() != b.dimensions() {
+        return None;
+    }
+    let (w, h) = a.dimensions();
+    let half = |g: &GrayImage, x: u32, y: u32| -> i32 {
+        let p = |x: u32, y: u32| i32::from(g.get_pixel(x.min(w - 1), y.min(h - 1))[0]);
+        (p(x, y) + p(x + 1, y) + p(x, y + 1) + p(x + 1, y + 1) + 2) / 4
+    };
+    let mut out = Vec::new();
+    for ty in (0..h).step_by(TILE as usize) {
+        for tx in (0..w).step_by(TILE as usize) {
+            let (tw, th) = (TILE.min(w - tx), TILE.min(h - ty));
+            let (mut max, mut sum, mut n) = (0, 0i64, 0i64);
+            for y in (ty..ty + th).step_by(2) {
+                for x in (tx..tx + tw).step_by(2) {
+                    let d = (half(a, x, y) - half(b, x, y)).abs();
+                    max = max.max(d);
+                    sum += i64::from(d);
+                    n += 1;
+                }
+            }
+            if max > TILE_MAX_DELTA || sum > TILE_MEAN_DELTA * n.max(1) {
+                out.push([tx, ty, tw, th]);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Largest change of one half-resolution pixel (grey levels) a tile may have and still be
+/// the same; see [`differing_tiles`].
+pub const TILE_MAX_DELTA: i32 = 64;
+/// Largest mean change of a tile's half-resolution pixels (grey levels) that is still the same.
+pub const TILE_MEAN_DELTA: i64 = 4;
+
 /// A 64-bit difference hash: near-identical screenshots differ in few bits.
 pub fn dhash(img: &DynamicImage) -> u64 {
     let small = image::imageops::resize(&img.to_luma8(), 9, 8, image::imageops::FilterType::Triangle);

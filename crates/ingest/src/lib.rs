@@ -22,6 +22,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 
+mod budget;
+mod images;
+pub mod kind;
+mod walk;
+
+pub use walk::collect;
+
+/// What [`Ingester::run_with`] reports while it works.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A file is done.
+    File(&'a Outcome),
+    /// Chunks of a long file embedded so far (reported between embedding batches).
+    Chunks {
+        /// The file.
+        path: &'a Path,
+        /// Chunks embedded.
+        done: usize,
+        /// Chunks in the file.
+        total: usize,
+    },
+}
+
 /// What happened to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -76,49 +99,6 @@ pub enum IngestError {
     /// The embedding model could not be loaded.
     #[error(transparent)]
     Model(#[from] ExtractError),
-}
-
-/// Expands the given paths into the files to ingest: directories are walked recursively
-/// (hidden entries and unsupported extensions skipped); files named explicitly are always
-/// attempted. Missing paths come back as failures.
-pub fn collect(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Outcome>) {
-    let mut files = Vec::new();
-    let mut failed = Vec::new();
-    for p in paths {
-        match std::fs::metadata(p) {
-            Err(e) => failed.push(Outcome::failed(absolute(p), None, io_reason(&e))),
-            Ok(m) if m.is_dir() => walk(p, &mut files, &mut failed),
-            Ok(_) => files.push(absolute(p)),
-        }
-    }
-    (files, failed)
-}
-
-fn walk(dir: &Path, files: &mut Vec<PathBuf>, failed: &mut Vec<Outcome>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => return failed.push(Outcome::failed(absolute(dir), None, io_reason(&e))),
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for p in paths {
-        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
-            continue;
-        }
-        if p.is_dir() {
-            walk(&p, files, failed);
-        } else if kind_of(&p).is_some() {
-            files.push(absolute(&p));
-        }
-    }
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
-}
-
-fn kind_of(p: &Path) -> Option<Kind> {
-    p.extension().and_then(|e| e.to_str()).and_then(Kind::from_extension)
 }
 
 /// A file read and cut into chunks, waiting for its vectors.
@@ -242,17 +222,46 @@ impl<'a> Ingester<'a> {
 
     /// Ingests `files`, calling `progress` with each file's outcome as it completes.
     pub fn run(&mut self, files: &[PathBuf], mut progress: impl FnMut(&Outcome)) -> Result<Vec<Outcome>, IngestError> {
+        self.run_with(files, |p| {
+            if let Progress::File(o) = p {
+                progress(o)
+            }
+        })
+    }
+
+    /// Ingests `files`, calling `progress` with each file's outcome as it completes and with
+    /// the chunks embedded so far of long files.
+    pub fn run_with(&mut self, files: &[PathBuf], mut progress: impl FnMut(Progress<'_>)) -> Result<Vec<Outcome>, IngestError> {
+        let progress: &mut dyn FnMut(Progress<'_>) = &mut progress;
         let mut out = Vec::with_capacity(files.len());
         let mut pending: Vec<Pending> = Vec::new();
         let mut pending_chunks = 0;
         // Work is grouped by model: notes first (embedder), then images in batches (OCR
         // engines, then the embedder), so each model loads once per batch, not per file.
-        let (images, others): (Vec<&PathBuf>, Vec<&PathBuf>) = files.iter().partition(|p| kind_of(p) == Some(Kind::Image));
-        let (audio, others): (Vec<&PathBuf>, Vec<&PathBuf>) = others.into_iter().partition(|p| kind_of(p) == Some(Kind::Audio));
-        for path in others {
-            match self.prepare(path)? {
+        // The kind comes from the content (a PNG named `.m4a` is an image).
+        let (mut images, mut audio, mut others) = (Vec::new(), Vec::new(), Vec::new());
+        for path in files {
+            if path.to_str().is_none() {
+                // Stored paths are text; a lossy name could merge two files into one item.
+                let o = Outcome::failed(
+                    path.clone(),
+                    None,
+                    format!("file name {} is not valid UTF-8: not indexed (rename the file to index it)", escaped(path)),
+                );
+                progress(Progress::File(&o));
+                out.push(o);
+                continue;
+            }
+            match kind::kind_of_file(path) {
+                Some(Kind::Image) => images.push(path),
+                Some(Kind::Audio) => audio.push(path),
+                k => others.push((path, k)),
+            }
+        }
+        for (path, kind) in others {
+            match self.prepare(path, kind)? {
                 Prepared::Done(o) => {
-                    progress(&o);
+                    progress(Progress::File(&o));
                     out.push(o);
                 }
                 Prepared::Embed(p) => {
@@ -260,18 +269,30 @@ impl<'a> Ingester<'a> {
                     pending.push(p);
                     // Several small files share one embedding batch.
                     if pending_chunks >= self.config.embed_batch {
-                        self.flush(&mut pending, &mut out, &mut progress)?;
+                        self.flush(&mut pending, &mut out, progress)?;
                         pending_chunks = 0;
                     }
                 }
             }
         }
-        self.flush(&mut pending, &mut out, &mut progress)?;
+        self.flush(&mut pending, &mut out, progress)?;
         let mut queue: std::collections::VecDeque<&PathBuf> = images.into();
+        // Batches are bounded by their pixels (read from each header), not only by count: the
+        // prepared pages of a batch are held until its OCR ends.
+        let batch_pixels = (self.models.budget() / IMAGE_BATCH_BUDGET_SHARE).max(1);
         while !queue.is_empty() {
-            let batch: Vec<&PathBuf> = queue.drain(..queue.len().min(32)).collect();
-            let deferred = self.images(&batch, &mut pending, &mut out, &mut progress)?;
-            self.flush(&mut pending, &mut out, &mut progress)?;
+            let (mut n, mut pixels) = (0, 0u64);
+            while n < queue.len().min(MAX_IMAGE_BATCH) {
+                let px = mnema_extract::image::file_dimensions(queue[n]).map_or(0, |(w, h)| u64::from(w) * u64::from(h));
+                if n > 0 && pixels + px > batch_pixels {
+                    break;
+                }
+                pixels += px;
+                n += 1;
+            }
+            let batch: Vec<&PathBuf> = queue.drain(..n).collect();
+            let deferred = self.images(&batch, &mut pending, &mut out, progress)?;
+            self.flush(&mut pending, &mut out, progress)?;
             // Near-duplicates of images in this batch: now their original is stored.
             for p in deferred.into_iter().rev() {
                 queue.push_front(p);
@@ -280,8 +301,8 @@ impl<'a> Ingester<'a> {
         // Audio last, a few files at a time: the speech model is held while they are
         // transcribed, then released so the embedder can have the memory back.
         for batch in audio.chunks(8) {
-            self.audio(batch, &mut pending, &mut out, &mut progress)?;
-            self.flush(&mut pending, &mut out, &mut progress)?;
+            self.audio(batch, &mut pending, &mut out, progress)?;
+            self.flush(&mut pending, &mut out, progress)?;
         }
         self.store.flush()?;
         Ok(out)
@@ -308,11 +329,11 @@ impl<'a> Ingester<'a> {
         batch: &[&PathBuf],
         pending: &mut Vec<Pending>,
         out: &mut Vec<Outcome>,
-        progress: &mut impl FnMut(&Outcome),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(), IngestError> {
         let mut todo: Vec<(NewItem, &PathBuf)> = Vec::new();
         let mut done = |o: Outcome, out: &mut Vec<Outcome>| {
-            progress(&o);
+            progress(Progress::File(&o));
             out.push(o);
         };
         for path in batch {
@@ -353,7 +374,7 @@ impl<'a> Ingester<'a> {
                 mtime: mtime(&meta),
                 meta: serde_json::json!({}),
             };
-            if let Some(twin) = self.store.item_by_sha256(&sha, &path_str)? {
+            if let Some(twin) = self.store.item_by_content(&sha, Kind::Audio, &path_str)? {
                 let mut item = item.clone();
                 if let Some(src) = self.store.item(twin.id)? {
                     item.meta = src.meta.clone();
@@ -440,168 +461,7 @@ impl<'a> Ingester<'a> {
         }))
     }
 
-    /// Reads, decodes and OCRs a batch of images on all cores, queueing their text for
-    /// embedding. Exact and near-duplicates (difference hash within 4 bits) reuse the first.
-    fn images<'p>(
-        &mut self,
-        batch: &[&'p PathBuf],
-        pending: &mut Vec<Pending>,
-        out: &mut Vec<Outcome>,
-        progress: &mut impl FnMut(&Outcome),
-    ) -> Result<Vec<&'p PathBuf>, IngestError> {
-        let mut todo = Vec::new();
-        let mut deferred = Vec::new();
-        let mut batch_hashes: Vec<u64> = Vec::new();
-        let mut done = |o: Outcome, out: &mut Vec<Outcome>| {
-            progress(&o);
-            out.push(o);
-        };
-        // Reading and hashing, then decoding, run on all cores; the store is consulted in
-        // between so unchanged files are never decoded.
-        let read: Vec<Result<ReadFile, String>> = batch
-            .par_iter()
-            .map(|path| {
-                read_file(path, MAX_IMAGE_FILE).map(|(bytes, meta)| {
-                    let sha = mnema_models::catalog::hex(&Sha256::digest(&bytes));
-                    (bytes, meta, sha)
-                })
-            })
-            .collect();
-        let mut changed = Vec::new();
-        for (path, r) in batch.iter().zip(read) {
-            match r {
-                Err(e) => done(Outcome::failed(path.to_path_buf(), Some(Kind::Image), e), out),
-                Ok((bytes, meta, sha)) => {
-                    let path_str = path.to_string_lossy().into_owned();
-                    if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
-                        done(
-                            Outcome {
-                                path: path.to_path_buf(),
-                                id: Some(it.id),
-                                kind: Some(it.kind),
-                                status: Status::Unchanged,
-                                error: None,
-                                chunks: 0,
-                            },
-                            out,
-                        );
-                    } else {
-                        changed.push((*path, bytes, meta, sha));
-                    }
-                }
-            }
-        }
-        let decoded: Vec<_> = {
-            let _s = stage("decode");
-            changed
-                .par_iter()
-                .map(|(path, bytes, _, _)| {
-                    mnema_extract::image::decode_bytes(bytes, path.extension().and_then(|e| e.to_str()).unwrap_or("")).map(|img| {
-                        let prepared = mnema_extract::image::prepare_for_ocr(&img);
-                        ((img.width(), img.height()), mnema_extract::image::dhash(&img), prepared)
-                    })
-                })
-                .collect()
-        };
-        for ((path, _bytes, meta, sha), d) in changed.into_iter().zip(decoded) {
-            let fail = |e: String| Outcome::failed(path.to_path_buf(), Some(Kind::Image), e);
-            let path_str = path.to_string_lossy().into_owned();
-            let ((width, height), hash, prepared) = match d {
-                Ok(x) => x,
-                Err(e) => {
-                    done(fail(e.to_string()), out);
-                    continue;
-                }
-            };
-            let mut item = NewItem {
-                path: path_str.clone(),
-                kind: Kind::Image,
-                sha256: sha.clone(),
-                size: meta.len(),
-                mtime: mtime(&meta),
-                meta: serde_json::json!({ "width": width, "height": height, "dhash": format!("{hash:016x}") }),
-            };
-            let twin = self.store.item_by_sha256(&sha, &path_str)?.map(|t| t.id);
-            let near = self
-                .store
-                .image_hashes()?
-                .into_iter()
-                .find(|(id, p, h)| p != &path_str && Some(*id) != twin && (h ^ hash).count_ones() <= 4)
-                .map(|(id, _, _)| id);
-            if let Some(from) = twin.or(near) {
-                if near.is_some() && twin.is_none() {
-                    item.meta["near_duplicate_of"] = from.into();
-                }
-                if let Some(o) = self.reuse(&item, from)? {
-                    done(o, out);
-                    continue;
-                }
-            }
-            if batch_hashes.iter().any(|h| (h ^ hash).count_ones() <= 4) {
-                deferred.push(path);
-                continue;
-            }
-            batch_hashes.push(hash);
-            todo.push((item, prepared));
-        }
-        if todo.is_empty() {
-            return Ok(deferred);
-        }
-        let engine = "tesseract";
-        let per = mnema_extract::ocr::engines_in(&self.config.models_dir).iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory);
-        // One engine per core, as many as the budget holds; the embedder is let go so it can
-        // be evicted if OCR needs its room (it is reloaded for the text after).
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(todo.len())
-            .min((self.models.budget() / per.max(1)).max(1) as usize);
-        self.embedder = None;
-        let est = per * workers as u64;
-        let pool = self.models.acquire(&format!("ocr:{engine}"), est, || {
-            let _s = stage("load-model");
-            OcrPool::new(engine, &EngineOptions::with_models(&self.config.models_dir), workers)
-        })?;
-        let images: Vec<_> = todo.iter().map(|(_, g)| g.clone()).collect();
-        let results = pool.recognize_all(&images);
-        drop(pool);
-        let spec = ChunkSpec { max_tokens: self.config.chunk_tokens, overlap: self.config.chunk_overlap };
-        for ((mut item, _), r) in todo.into_iter().zip(results) {
-            let lines = match r {
-                Ok(l) => l,
-                Err(e) => {
-                    done(Outcome::failed(PathBuf::from(&item.path), Some(Kind::Image), e.to_string()), out);
-                    continue;
-                }
-            };
-            // Each line with its byte range in the joined text, so hits can point at boxes.
-            let mut at = 0;
-            let line_meta: Vec<serde_json::Value> = lines
-                .iter()
-                .map(|l| {
-                    let v = serde_json::json!({ "text": l.text, "bbox": l.bbox, "conf": l.conf, "start": at, "end": at + l.text.len() });
-                    at += l.text.len() + 1;
-                    v
-                })
-                .collect();
-            item.meta["engine"] = engine.into();
-            item.meta["lines"] = line_meta.into();
-            let text = join_lines(&lines);
-            if text.trim().is_empty() {
-                // No text (a photo): kept, so it is not OCRed again, but nothing to search.
-                done(self.store_textless(&item)?, out);
-                continue;
-            }
-            let embedder = self.embedder()?;
-            match chunk_text(embedder.tokenizer(), &text, spec) {
-                Ok(chunks) => pending.push(Pending { item, chunks }),
-                Err(e) => done(Outcome::failed(PathBuf::from(&item.path), Some(Kind::Image), e.to_string()), out),
-            }
-        }
-        Ok(deferred)
-    }
-
-    fn prepare(&mut self, path: &Path) -> Result<Prepared, IngestError> {
-        let kind = kind_of(path);
+    fn prepare(&mut self, path: &Path, kind: Option<Kind>) -> Result<Prepared, IngestError> {
         let fail = |e: String| Ok(Prepared::Done(Outcome::failed(path.to_path_buf(), kind, e)));
         let meta = match std::fs::metadata(path) {
             Ok(m) if m.is_file() => m,
@@ -659,7 +519,7 @@ impl<'a> Ingester<'a> {
             meta: serde_json::json!({ "title": title(&text), "chars": text.chars().count() }),
         };
         // Same content under another path: reuse its chunks and vectors.
-        if let Some(twin) = self.store.item_by_sha256(&sha, &path_str)? {
+        if let Some(twin) = self.store.item_by_content(&sha, kind, &path_str)? {
             if let Some(o) = self.reuse(&item, twin.id)? {
                 return Ok(Prepared::Done(o));
             }
@@ -678,17 +538,33 @@ impl<'a> Ingester<'a> {
         &mut self,
         pending: &mut Vec<Pending>,
         out: &mut Vec<Outcome>,
-        progress: &mut impl FnMut(&Outcome),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(), IngestError> {
         if pending.is_empty() {
             return Ok(());
         }
         let texts: Vec<&str> = pending.iter().flat_map(|p| p.chunks.iter().map(|c| c.text.as_str())).collect();
         let embedder = self.embedder()?;
-        let vectors = {
-            let _s = stage("embed");
-            embedder.embed(&texts, Role::Passage)?
-        };
+        // Embedded a slice at a time so a long file reports how far it got.
+        let mut vectors = Vec::with_capacity(texts.len());
+        for slice in texts.chunks(PROGRESS_CHUNKS) {
+            {
+                let _s = stage("embed");
+                vectors.extend(embedder.embed(slice, Role::Passage)?);
+            }
+            if texts.len() > PROGRESS_CHUNKS && vectors.len() < texts.len() {
+                // The file the last embedded chunk belongs to, and how far into it.
+                let mut before = 0;
+                for p in pending.iter() {
+                    if vectors.len() <= before + p.chunks.len() {
+                        let path = Path::new(&p.item.path);
+                        progress(Progress::Chunks { path, done: vectors.len() - before, total: p.chunks.len() });
+                        break;
+                    }
+                    before += p.chunks.len();
+                }
+            }
+        }
         let name = embedder.name().to_string();
         let mut it = vectors.into_iter();
         for p in pending.drain(..) {
@@ -703,7 +579,7 @@ impl<'a> Ingester<'a> {
                 error: None,
                 chunks: p.chunks.len(),
             };
-            progress(&o);
+            progress(Progress::File(&o));
             out.push(o);
         }
         Ok(())
@@ -712,6 +588,14 @@ impl<'a> Ingester<'a> {
 
 /// A file's bytes, metadata and sha256 (hex).
 type ReadFile = (Vec<u8>, std::fs::Metadata, String);
+
+/// Chunks embedded between two progress reports of a long file.
+const PROGRESS_CHUNKS: usize = 256;
+
+/// Most images OCRed in one batch.
+const MAX_IMAGE_BATCH: usize = 32;
+/// A batch's pixels (one byte each once prepared) stay within this share of the budget.
+const IMAGE_BATCH_BUDGET_SHARE: u64 = 8;
 
 /// Image files larger than this are refused before decoding.
 pub const MAX_IMAGE_FILE: u64 = 64 << 20;
@@ -743,6 +627,21 @@ fn mtime(meta: &std::fs::Metadata) -> i64 {
 enum Prepared {
     Done(Outcome),
     Embed(Pending),
+}
+
+/// A path with its bytes that are not UTF-8 written `\xNN` (and `\` as `\\`), quoted: two
+/// names that differ only in such bytes read differently in messages.
+fn escaped(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::from("\"");
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A title for a note: its first Markdown heading, else its first non-empty line (≤ 80 chars).

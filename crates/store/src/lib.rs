@@ -486,6 +486,16 @@ impl Store {
                 }
                 set_next_chunk_id(tx, next).map_err(sqlerr)?;
             }
+            // The image's difference hash goes to the band index in the same transaction, so
+            // a stored image is always findable as a near-duplicate candidate.
+            tx.execute("DELETE FROM image_bands WHERE item_id = ?1", [id]).map_err(sqlerr)?;
+            if let Some(h) = image_hash(item) {
+                let mut ins =
+                    tx.prepare_cached("INSERT INTO image_bands (item_id, band, bits) VALUES (?1, ?2, ?3)").map_err(sqlerr)?;
+                for (band, bits) in hash_bands(h).iter().enumerate() {
+                    ins.execute(params![id, band as i64, bits]).map_err(sqlerr)?;
+                }
+            }
             if dim > 0 {
                 tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder])
                     .map_err(sqlerr)?;
@@ -722,6 +732,49 @@ impl Store {
             })
             .collect())
     }
+
+    /// Another item of `kind` with the same content (sha256), if any: a PNG and a recording
+    /// never share chunks.
+    pub fn item_by_content(&self, sha256: &str, kind: Kind, not_path: &str) -> Result<Option<Item>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {ITEM_COLS} FROM items WHERE sha256 = ?1 AND kind = ?2 AND path != ?3 LIMIT 1"),
+                [sha256, kind.as_str(), not_path],
+                item_from_row,
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Stored images (not at `not_path`) whose difference hash is within `max_bits` (< 8) of
+    /// `hash`, nearest first: `(id, path, sha256, hash)`. An indexed query over hash bands.
+    pub fn image_candidates(&self, hash: u64, max_bits: u32, not_path: &str) -> Result<Vec<(i64, String, String, u64)>> {
+        let bands = hash_bands(hash);
+        let cond = (0..8).map(|b| format!("(band = {b} AND bits = ?{})", b + 1)).collect::<Vec<_>>().join(" OR ");
+        let q = format!(
+            "SELECT i.id, i.path, i.sha256, json_extract(i.meta, '$.dhash') FROM items i JOIN \
+             (SELECT item_id FROM image_bands WHERE {cond} GROUP BY item_id HAVING COUNT(*) >= ?9) c ON c.item_id = i.id \
+             WHERE i.kind = 'image' AND i.path != ?10"
+        );
+        let mut args: Vec<Box<dyn ToSql>> = bands.iter().map(|b| Box::new(b.clone()) as Box<dyn ToSql>).collect();
+        args.push(Box::new(8 - i64::from(max_bits.min(7))));
+        args.push(Box::new(not_path.to_string()));
+        let mut stmt = self.conn.prepare_cached(&q).map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(args.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, path, sha, h) = r.map_err(|e| self.sql(e))?;
+            if let Some(h) = h.and_then(|h| u64::from_str_radix(&h, 16).ok()).filter(|h| (h ^ hash).count_ones() <= max_bits) {
+                out.push((id, path, sha, h));
+            }
+        }
+        out.sort_by_key(|c| ((c.3 ^ hash).count_ones(), c.0));
+        Ok(out)
+    }
 }
 
 impl Drop for Store {
@@ -892,4 +945,18 @@ fn filter_sql(f: &Filters) -> (String, Vec<Box<dyn ToSql>>) {
         args.push(Box::new(t));
     }
     (cond.join(" AND "), args)
+}
+
+/// A difference hash as 8 bands of two lowercase hex digits, first band the high byte (the
+/// order of its 16-digit hex form in item metadata).
+/// An image item's difference hash (`meta.dhash`, 16 hex digits), if it has one.
+fn image_hash(item: &NewItem) -> Option<u64> {
+    if item.kind != Kind::Image {
+        return None;
+    }
+    item.meta.get("dhash")?.as_str().filter(|h| h.len() == 16).and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+fn hash_bands(hash: u64) -> [String; 8] {
+    std::array::from_fn(|b| format!("{:02x}", (hash >> (56 - 8 * b)) & 0xff))
 }

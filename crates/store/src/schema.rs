@@ -53,6 +53,24 @@ pub const MIGRATIONS: &[&str] = &[
     INSERT INTO meta (key, value) VALUES ('chunk_id_next', (SELECT COALESCE(max(id), 0) + 1 FROM chunks));
     INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
     "#,
+    // 3: image fingerprints. Each image's 64-bit difference hash cut into 8 bands of 8 bits
+    // (two hex digits each): hashes within 4 bits share at least 4 bands, so the candidates
+    // for a near-duplicate are found through the index instead of by reading every image.
+    r#"
+    CREATE TABLE image_bands (
+        item_id  INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        band     INTEGER NOT NULL,
+        bits     TEXT NOT NULL,
+        PRIMARY KEY (item_id, band)
+    ) WITHOUT ROWID;
+    CREATE INDEX image_bands_bits ON image_bands(band, bits);
+    INSERT INTO image_bands (item_id, band, bits)
+        SELECT i.id, b.n, lower(substr(json_extract(i.meta, '$.dhash'), 2 * b.n + 1, 2))
+        FROM items i,
+             (SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3
+              UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7) b
+        WHERE i.kind = 'image' AND length(json_extract(i.meta, '$.dhash')) = 16;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -4,7 +4,7 @@ use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mnema_ingest::{collect, Ingester, Status};
+use mnema_ingest::{collect, Ingester, Progress, Status};
 use mnema_server::wire::IngestOut;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -48,12 +48,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         printed = printed.and(report(o));
     }
     let mut ingester = Ingester::new(&ctx.config, &mut store, &ctx.models);
-    let outcomes = ingester.run(&files, |o| {
-        bar.inc(1);
-        bar.set_message(o.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        if printed.is_ok() {
-            printed = report(o);
+    // Long files report their chunks on the bar (stderr); stdout keeps one JSON object per
+    // file, as the JSON contract says.
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let outcomes = ingester.run_with(&files, |p| match p {
+        Progress::File(o) => {
+            bar.inc(1);
+            bar.set_message(name(&o.path));
+            if printed.is_ok() {
+                printed = report(o);
+            }
         }
+        Progress::Chunks { path, done, total } => bar.set_message(format!("{}: {done}/{total} chunks embedded", name(path))),
     });
     bar.finish_and_clear();
     printed?;

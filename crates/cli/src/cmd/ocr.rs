@@ -3,7 +3,7 @@
 use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::{bail, Result};
-use mnema_extract::image::{decode_image, prepare_for_ocr};
+use mnema_extract::image::{decode_image, file_dimensions, prepare_for_ocr, DECODE_BYTES_PER_PIXEL};
 use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrPool};
 use mnema_server::wire::OcrOut;
 use rayon::prelude::*;
@@ -49,83 +49,114 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             out(format!("(engine {} unavailable: {})", e.name, e.reason.clone().unwrap_or_default()))?;
         }
     }
-    // Decode everything once, on all cores; bad images are reported and skipped.
     let mut failed = 0;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(a.images.len().max(1));
     let est = |name: &str| registry.iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
+    // Pools are cached by engine and worker count: a pool of one is never used as two.
     let load = |name: &'static str| {
-        ctx.models
-            .acquire(&format!("ocr:{name}"), est(name), || OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers))
+        ctx.models.acquire(&format!("ocr:{name}:{workers}"), est(name), || {
+            OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers)
+        })
     };
-    // The first engine starts while the images decode (its load is a few tenths of a second
-    // that would otherwise come before any recognition); a failure shows again below.
-    let prepared: Vec<_> = std::thread::scope(|s| {
-        if let Some(&first) = names.first() {
-            s.spawn(move || drop(load(first)));
-        }
-        let _s = mnema_core::profile::stage("decode");
-        a.images.par_iter().map(|p| decode_image(p, 256 << 20).map(|img| prepare_for_ocr(&img))).collect()
-    });
-    let mut decoded = Vec::new();
-    for (p, r) in a.images.iter().zip(prepared) {
-        match r {
-            Ok(g) => decoded.push((p.clone(), g)),
-            Err(e) => {
-                failed += 1;
-                eprintln!("mnema: {}: {e}", p.display());
-                if ctx.json {
-                    out_json(&OcrOut {
-                        path: p.display().to_string(),
-                        engine: names.first().copied().unwrap_or("").to_string(),
-                        text: String::new(),
-                        lines: vec![],
-                        elapsed_ms: 0.0,
-                        peak_rss_mb: 0.0,
-                        cer: None,
-                        wer: None,
-                        error: Some(e.to_string()),
-                    })?;
-                }
-            }
+    // Images go in batches bounded by their pixels (read from each header), and within a
+    // batch as many decode at once as the budget holds: decoded pages never outgrow
+    // --memory-budget however many images are named.
+    let pixels = |p: &PathBuf| file_dimensions(p).map_or(0, |(w, h)| u64::from(w) * u64::from(h));
+    let cap = (ctx.models.budget() / 8).max(1);
+    let mut batches: Vec<Vec<(&PathBuf, u64)>> = vec![Vec::new()];
+    for p in &a.images {
+        let px = pixels(p);
+        let last = batches.last_mut().expect("one batch at least");
+        if !last.is_empty() && (last.iter().map(|b| b.1).sum::<u64>() + px > cap || last.len() >= 32) {
+            batches.push(vec![(p, px)]);
+        } else {
+            last.push((p, px));
         }
     }
-    for name in names {
-        let pool = load(name)?;
-        let images: Vec<_> = decoded.iter().map(|(_, g)| g.clone()).collect();
-        let t0 = Instant::now();
-        let results = pool.recognize_all(&images);
-        let per_image = t0.elapsed().as_secs_f64() * 1e3 / images.len().max(1) as f64;
-        for ((path, _), r) in decoded.iter().zip(results) {
-            let (lines, error) = match r {
-                Ok(l) => (l, None),
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("mnema: {}: {e}", path.display());
-                    (vec![], Some(e.to_string()))
+    for (round, name) in names.iter().copied().enumerate() {
+        for batch in &batches {
+            let largest = batch.iter().map(|b| b.1).max().unwrap_or(0).max(1);
+            let room = ctx.models.budget().saturating_sub(batch.iter().map(|b| b.1).sum()) / (largest * DECODE_BYTES_PER_PIXEL);
+            let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
+            // The engine starts while the first batch decodes (its load is a few tenths of a
+            // second that would otherwise come before any recognition); a failure shows below.
+            let prepared: Vec<_> = std::thread::scope(|s| {
+                s.spawn(move || drop(load(name)));
+                let _s = mnema_core::profile::stage("decode");
+                let mut out = Vec::with_capacity(batch.len());
+                for group in batch.chunks(at_once) {
+                    out.par_extend(group.par_iter().map(|(p, _)| decode_image(p, 256 << 20).map(|img| prepare_for_ocr(&img))));
                 }
-            };
-            let text = join_lines(&lines);
-            let (cer, wer) = truth.as_deref().map(|t| error_rates(&text, t)).unzip();
-            let o = OcrOut {
-                path: path.display().to_string(),
-                engine: name.to_string(),
-                text,
-                lines,
-                elapsed_ms: (per_image * 10.0).round() / 10.0,
-                peak_rss_mb: mnema_server::wire::peak_rss_mb(),
-                cer,
-                wer,
-                error,
-            };
-            if ctx.json {
-                out_json(&o)?;
-            } else {
-                let quality = o.cer.map(|c| format!(", CER {:.3}, WER {:.3}", c, o.wer.unwrap_or(0.0))).unwrap_or_default();
-                out(format!("== {} [{}] {:.0} ms/image, peak RSS {:.0} MiB{quality}", o.path, name, o.elapsed_ms, o.peak_rss_mb))?;
-                out(&o.text)?;
+                out
+            });
+            let mut paths = Vec::new();
+            let mut pages = Vec::new();
+            for ((p, _), r) in batch.iter().zip(prepared) {
+                match r {
+                    Ok(g) => {
+                        paths.push(*p);
+                        pages.push(g);
+                    }
+                    // Bad images are reported once, on the first engine's round.
+                    Err(e) if round == 0 => {
+                        failed += 1;
+                        eprintln!("mnema: {}: {e}", p.display());
+                        if ctx.json {
+                            out_json(&OcrOut {
+                                path: p.display().to_string(),
+                                engine: name.to_string(),
+                                text: String::new(),
+                                lines: vec![],
+                                elapsed_ms: 0.0,
+                                peak_rss_mb: 0.0,
+                                cer: None,
+                                wer: None,
+                                error: Some(e.to_string()),
+                            })?;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            if pages.is_empty() {
+                continue;
+            }
+            let pool = load(name)?;
+            let t0 = Instant::now();
+            let results = pool.recognize_all(&pages);
+            drop(pages);
+            let per_image = t0.elapsed().as_secs_f64() * 1e3 / results.len().max(1) as f64;
+            for (path, r) in paths.into_iter().zip(results) {
+                let (lines, error) = match r {
+                    Ok(l) => (l, None),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("mnema: {}: {e}", path.display());
+                        (vec![], Some(e.to_string()))
+                    }
+                };
+                let text = join_lines(&lines);
+                let (cer, wer) = truth.as_deref().map(|t| error_rates(&text, t)).unzip();
+                let o = OcrOut {
+                    path: path.display().to_string(),
+                    engine: name.to_string(),
+                    text,
+                    lines,
+                    elapsed_ms: (per_image * 10.0).round() / 10.0,
+                    peak_rss_mb: mnema_server::wire::peak_rss_mb(),
+                    cer,
+                    wer,
+                    error,
+                };
+                if ctx.json {
+                    out_json(&o)?;
+                } else {
+                    let quality = o.cer.map(|c| format!(", CER {:.3}, WER {:.3}", c, o.wer.unwrap_or(0.0))).unwrap_or_default();
+                    out(format!("== {} [{}] {:.0} ms/image, peak RSS {:.0} MiB{quality}", o.path, name, o.elapsed_ms, o.peak_rss_mb))?;
+                    out(&o.text)?;
+                }
             }
         }
-        drop(pool);
         ctx.models.unload_all();
     }
     Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
