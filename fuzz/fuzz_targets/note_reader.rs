@@ -34,5 +34,11 @@ fuzz_target!(|data: &[u8]| {
         let words = |s: &str| s.chars().any(char::is_alphanumeric);
         assert!(!words(&text[..first.start as usize]), "text before the first chunk is lost");
         assert!(!words(&text[last.end as usize..]), "text after the last chunk is lost");
+        // ... nor between two chunks (they overlap, or only spaces lie between them).
+        for w in chunks.windows(2) {
+            if w[1].start > w[0].end {
+                assert!(!words(&text[w[0].end as usize..w[1].start as usize]), "text between chunks {} and {} is lost", w[0].seq, w[1].seq);
+            }
+        }
     }
 });

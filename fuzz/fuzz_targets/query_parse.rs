@@ -31,7 +31,14 @@ fuzz_target!(|s: &str| {
     }
     let _ = Kind::from_extension(s);
     if let Ok(m) = s.parse::<SearchMode>() {
-        assert_eq!(s.parse::<SearchMode>(), Ok(m));
+        // Exactly the three names parse, each to its own mode.
+        let expected = match s {
+            "hybrid" => SearchMode::Hybrid,
+            "semantic" => SearchMode::Semantic,
+            "keyword" => SearchMode::Keyword,
+            other => panic!("{other:?} parsed as a search mode"),
+        };
+        assert_eq!(m, expected);
     }
     let _ = s.parse::<ByteSize>();
 });

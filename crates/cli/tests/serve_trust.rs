@@ -325,6 +325,9 @@ fn token_login_sets_the_cookie_and_short_tokens_are_refused() {
         let err = Server::start(&env, &[], &[("MNEMA_TOKEN", short)]).err().expect("started with a short token");
         assert!(err.contains("MNEMA_TOKEN") && err.contains("16"), "{err}");
     }
+    // A token the cookie could not carry would log nobody in: refused at start too.
+    let err = Server::start(&env, &[], &[("MNEMA_TOKEN", "correct;horse battery staple")]).err().expect("started with a ';' in the token");
+    assert!(err.contains("MNEMA_TOKEN") && err.contains("cookie"), "{err}");
     let srv = Server::start(&env, &[], &[("MNEMA_TOKEN", TOKEN)]).unwrap();
     assert_eq!(srv.get("/").status, 401);
     assert_eq!(srv.get("/api/health").status, 401);
@@ -414,6 +417,12 @@ fn ranges_past_the_end_are_416() {
     let r = srv.get(&format!("/api/files/{id}"));
     assert_eq!((r.status, r.body.len()), (200, 1000));
     assert!(r.head.contains("content-length: 1000"), "{}", r.head);
+    // Another site cannot embed the file (<img>, <audio>, <script>) to probe or read it.
+    assert!(
+        r.head.contains("cross-origin-resource-policy: same-origin") && r.head.contains("x-content-type-options: nosniff"),
+        "{}",
+        r.head
+    );
 }
 
 #[test]

@@ -214,12 +214,12 @@ impl Ingester<'_> {
         }
         let engine = "tesseract";
         let per = mnema_extract::ocr::engines_in(&self.config.models_dir).iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory);
-        // One engine per core, as many as the budget holds; the embedder is let go so it can
+        // One engine per core, as many as the budget holds beside the pixels reserved; the embedder is let go so it can
         // be evicted if OCR needs its room (it is reloaded for the text after).
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(todo.len() + checks.iter().map(|c| c.places.len()).sum::<usize>())
-            .min((self.models.budget() / per.max(1)).max(1) as usize);
+            .min((self.models.budget().saturating_sub(self.models.reserved()) / per.max(1)).max(1) as usize);
         self.embedder = None;
         // The pool is cached by engine and worker count: a pool of one is never used as two.
         let pool = self.models.acquire(&format!("ocr:{engine}:{workers}"), per * workers as u64, || {

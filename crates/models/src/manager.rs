@@ -305,7 +305,10 @@ impl ModelManager {
                             detail,
                         });
                     }
-                    st = inner.changed.wait_timeout(st, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                    // Waits in short slices: a model in use is released by dropping its `Arc`, which
+                    // signals nobody, so the room it leaves is found by looking again.
+                    let slice = (deadline - now).min(Duration::from_millis(50));
+                    st = inner.changed.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0;
                 }
             }
         }

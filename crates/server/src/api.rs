@@ -6,7 +6,7 @@ use crate::ServeOptions;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path as UrlPath, State as AxState};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -297,9 +297,20 @@ pub(crate) fn app(state: State) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::auth))
+        .layer(axum::middleware::map_response(same_origin_only))
         .layer(axum::middleware::from_fn(crate::guard::check_origin))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::check_host))
         .with_state(state)
+}
+
+/// Every response may be read only by this server's own pages: another site cannot embed a
+/// file (`<img>`, `<audio>`, `<script>`) to learn whether an item exists or to read a note, and
+/// browsers never guess a type the server did not send.
+async fn same_origin_only(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    resp
 }
 
 async fn health(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
@@ -708,7 +719,13 @@ fn run_job(st: &State, job: &Job, paths: &JobPaths) {
         mnema_ingest::Ingester::new(&st.config, &mut store, &st.models).run(&files, push).map_err(|e| e.to_string())?;
         Ok(())
     };
-    let r = run();
+    // A panic in one job (a bug in a decoder, say) ends that job with an error; the worker
+    // goes on with the next one.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|p| {
+        let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        tracing::error!("ingest job {} panicked: {what}", job.id);
+        Err(format!("internal error: the job stopped on a bug ({what})"))
+    });
     let mut s = job.state.lock().unwrap_or_else(|e| e.into_inner());
     s.done = true;
     s.error = r.err();

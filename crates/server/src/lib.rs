@@ -31,6 +31,9 @@ pub enum ServerError {
     /// The token is too short to be a secret.
     #[error("MNEMA_TOKEN is {0} characters long: use at least 16 (e.g. `openssl rand -hex 16`)")]
     WeakToken(usize),
+    /// The token holds a character a cookie cannot carry.
+    #[error("MNEMA_TOKEN may hold only letters, digits and the printable ASCII signs other than ; , \" and \\ (it travels in a cookie)")]
+    TokenCharacters,
     /// An allowed folder cannot be used.
     #[error("--allow-path {path}: {source}")]
     AllowPath {
@@ -80,6 +83,9 @@ pub fn serve(config: Config, models: Arc<ModelManager>, mut opts: ServeOptions, 
     }
     if let Some(n) = opts.token.as_deref().map(|t| t.chars().count()).filter(|n| *n < guard::MIN_TOKEN_CHARS) {
         return Err(ServerError::WeakToken(n));
+    }
+    if opts.token.as_deref().is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\'))) {
+        return Err(ServerError::TokenCharacters);
     }
     for p in &mut opts.allow {
         *p = p.canonicalize().map_err(|source| ServerError::AllowPath { path: p.clone(), source })?;

@@ -50,7 +50,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         }
     }
     let mut failed = 0;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(a.images.len().max(1));
+    // One engine per core, as many as the budget holds (the largest engine decides).
+    let largest = registry.iter().filter(|e| e.available).map(|e| e.memory).max().unwrap_or(80 << 20).max(1);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(a.images.len().max(1))
+        .min((ctx.models.budget() / largest).max(1) as usize);
     let est = |name: &str| registry.iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory) * workers as u64;
     // Pools are cached by engine and worker count: a pool of one is never used as two.
     let load = |name: &'static str| {
