@@ -95,6 +95,18 @@ fn a_malformed_setting_is_one_line_naming_the_variable_and_exit_2() {
 }
 
 #[test]
+fn an_absurd_search_limit_is_refused_not_allocated() {
+    let env = Env::new();
+    let note = env.write("n.md", "Заметка о погоде и о море.".as_bytes());
+    assert_eq!(env.cmd().args(["ingest", note.to_str().unwrap()]).output().unwrap().status.code(), Some(0));
+    let o = env.cmd().args(["search", "погода", "--mode", "keyword", "--limit", "4000000000"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1000"), "{}", stderr(&o));
+    let o = env.cmd().args(["--json", "search", "погода", "--mode", "keyword", "--limit", "1000"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn a_missing_model_file_is_one_line_naming_it() {
     let env = Env::new();
     let note = env.write("n.md", b"some text");

@@ -62,6 +62,9 @@ pub fn search(store: &mut Store, embedder: Option<&dyn Embedder>, q: &SearchQuer
     search_with_vector(store, vector.as_deref(), q)
 }
 
+/// The most hits one search returns; larger limits are lowered to it.
+pub const MAX_LIMIT: usize = 1000;
+
 /// Runs a query whose embedding is already computed (`None`: keyword only; semantic mode
 /// then finds nothing).
 pub fn search_with_vector(store: &mut Store, vector: Option<&[f32]>, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
@@ -70,6 +73,8 @@ pub fn search_with_vector(store: &mut Store, vector: Option<&[f32]>, q: &SearchQ
         return Err(SearchError::EmptyQuery);
     }
     let _s = mnema_core::profile::stage("search");
+    // A limit is a display size, not an allocation request.
+    let q = &SearchQuery { limit: q.limit.clamp(1, MAX_LIMIT), ..q.clone() };
     let terms = text::query_terms(query);
     // Several chunks of one item may match; fetch extra so `limit` distinct items remain.
     let depth = (q.limit * 4).max(50);

@@ -13,9 +13,9 @@ pub struct Args {
     /// What to look for, in any words and either language.
     #[arg(required = true, value_name = "QUERY")]
     query: Vec<String>,
-    /// Most results to show.
-    #[arg(short = 'n', long, default_value_t = 10)]
-    limit: usize,
+    /// Most results to show (1 to 1000).
+    #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=mnema_search::MAX_LIMIT as i64))]
+    limit: u16,
     /// hybrid (words + meaning, fused), semantic (meaning only) or keyword (words only).
     #[arg(long, default_value = "hybrid", value_parser = ["hybrid", "semantic", "keyword"])]
     mode: String,
@@ -52,7 +52,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         text: text.clone(),
         mode,
         filters: Filters { kinds: args.kind, path_prefix: args.path, since: args.since, until: args.until },
-        limit: args.limit,
+        limit: args.limit.into(),
     };
     let hits = search(&mut store, embedder.as_deref().map(|b| b.as_ref()), &q)?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
