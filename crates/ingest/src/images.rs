@@ -42,6 +42,8 @@ struct Verify {
 struct Check {
     page: Page,
     from: i64,
+    /// The candidate's content when compared: the copy is taken only if it still holds it.
+    from_sha256: String,
     places: Vec<Verify>,
 }
 
@@ -177,7 +179,7 @@ impl Ingester<'_> {
             };
             // The same bytes: the same text.
             if let Some(twin) = self.store.item_by_content(&sha, Kind::Image, &path_str)? {
-                if let Some(o) = self.reuse(&item, twin.id)? {
+                if let Some(o) = self.reuse(&item, twin.id, &twin.sha256)? {
                     done(o, out);
                     continue;
                 }
@@ -188,14 +190,14 @@ impl Ingester<'_> {
                 match self.compare(&p.prepared, id, &cand_path, &cand_sha)? {
                     Compared::Same => {
                         item.meta["near_duplicate_of"] = id.into();
-                        if let Some(o) = self.reuse(&item, id)? {
+                        if let Some(o) = self.reuse(&item, id, &cand_sha)? {
                             done(o, out);
                             page = None;
                             break;
                         }
                     }
                     Compared::Few(places) => {
-                        checks.push(Check { page: page.take().expect("kept until used"), from: id, places });
+                        checks.push(Check { page: page.take().expect("kept until used"), from: id, from_sha256: cand_sha, places });
                         break;
                     }
                     Compared::Different => {}
@@ -250,7 +252,7 @@ impl Ingester<'_> {
             });
             if same {
                 c.page.item.meta["near_duplicate_of"] = c.from.into();
-                if let Some(o) = self.reuse(&c.page.item, c.from)? {
+                if let Some(o) = self.reuse(&c.page.item, c.from, &c.from_sha256)? {
                     done(o, out);
                     continue;
                 }

@@ -15,7 +15,7 @@ use mnema_extract::vad::Vad;
 use mnema_extract::whisper::{parse_language, TranscribeOptions, Transcript, Whisper};
 use mnema_extract::{load_embedder, Embedder, ExtractError, Role};
 use mnema_models::manager::ModelManager;
-use mnema_store::{NewItem, Store};
+use mnema_store::{CopyMeta, NewItem, Store};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -375,11 +375,7 @@ impl<'a> Ingester<'a> {
                 meta: serde_json::json!({}),
             };
             if let Some(twin) = self.store.item_by_content(&sha, Kind::Audio, &path_str)? {
-                let mut item = item.clone();
-                if let Some(src) = self.store.item(twin.id)? {
-                    item.meta = src.meta.clone();
-                }
-                if let Some(o) = self.reuse(&item, twin.id)? {
+                if let Some(o) = self.reuse(&item, twin.id, &twin.sha256)? {
                     done(o, out);
                     continue;
                 }
@@ -431,33 +427,26 @@ impl<'a> Ingester<'a> {
 
     /// Stores `item` with the chunks and vectors of the stored item `from` (same content, or
     /// a near-identical screenshot): no extraction, no model.
-    fn reuse(&mut self, item: &NewItem, from: i64) -> Result<Option<Outcome>, IngestError> {
-        let stored = self.store.chunks(from)?;
-        if !stored.iter().all(|(_, v)| v.is_some()) {
-            return Ok(None);
-        }
-        let name = self.store.embedder()?.map(|e| e.0).unwrap_or_default();
-        let (chunks, vecs): (Vec<Chunk>, Vec<Vec<f32>>) = stored.into_iter().map(|(c, v)| (c, v.unwrap_or_default())).unzip();
-        let mut item = item.clone();
-        if item.kind == Kind::Image {
+    /// Stores `item` with the chunks and vectors of item `from` (content `from_sha256`), read
+    /// and written in one transaction; `None` when the twin is gone or changed meanwhile, so
+    /// the caller extracts instead.
+    fn reuse(&mut self, item: &NewItem, from: i64, from_sha256: &str) -> Result<Option<Outcome>, IngestError> {
+        let copy = match item.kind {
             // The source's OCR lines (with boxes) come along.
-            if let Some(src) = self.store.item(from)? {
-                for k in ["lines", "engine"] {
-                    if let Some(v) = src.meta.get(k) {
-                        item.meta[k] = v.clone();
-                    }
-                }
-            }
-        }
+            Kind::Image => CopyMeta::Keys(&["lines", "engine"]),
+            // A recording's metadata (duration, language) is all derived from its bytes.
+            Kind::Audio => CopyMeta::All,
+            _ => CopyMeta::Keys(&[]),
+        };
         let _s = stage("store");
-        let id = self.store.put_item(&item, &chunks, &vecs, &name)?;
+        let Some((id, chunks)) = self.store.put_item_copy(item, from, from_sha256, copy)? else { return Ok(None) };
         Ok(Some(Outcome {
             path: PathBuf::from(&item.path),
             id: Some(id),
             kind: Some(item.kind),
             status: Status::Indexed,
             error: None,
-            chunks: chunks.len(),
+            chunks,
         }))
     }
 
@@ -520,7 +509,7 @@ impl<'a> Ingester<'a> {
         };
         // Same content under another path: reuse its chunks and vectors.
         if let Some(twin) = self.store.item_by_content(&sha, kind, &path_str)? {
-            if let Some(o) = self.reuse(&item, twin.id)? {
+            if let Some(o) = self.reuse(&item, twin.id, &twin.sha256)? {
                 return Ok(Prepared::Done(o));
             }
         }

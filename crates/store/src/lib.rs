@@ -92,6 +92,15 @@ pub struct Stats {
 /// An item's chunks, each with its vector.
 pub type EmbeddedChunks = Vec<(Chunk, Vec<f32>)>;
 
+/// What of the source item's metadata [`Store::put_item_copy`] copies into the new item.
+#[derive(Debug, Clone, Copy)]
+pub enum CopyMeta<'a> {
+    /// These keys, where the source has them (the new item keeps its other fields).
+    Keys(&'a [&'a str]),
+    /// The source's whole metadata replaces the new item's.
+    All,
+}
+
 /// The store façade; the connection is private.
 pub struct Store {
     conn: Connection,
@@ -264,18 +273,36 @@ impl Store {
         let Some(idx) = self.vectors.as_mut() else { return Ok(()) };
         let sqlerr = |source| StoreError::Sql { path: self.db_path.clone(), source };
         let at = idx.gen();
-        if gen_of(&self.conn).map_err(sqlerr)? == at {
+        let (now, nonce) = gen_id(&self.conn).map_err(sqlerr)?;
+        if now == at && nonce == idx.nonce() {
             return Ok(());
         }
         // One read transaction: the generation, the log and the vectors are one snapshot.
         let tx = self.conn.unchecked_transaction().map_err(sqlerr)?;
-        let now = gen_of(&tx).map_err(sqlerr)?;
+        let (now, nonce) = gen_id(&tx).map_err(sqlerr)?;
         let floor: i64 = meta_get(&tx, "log_floor").map_err(sqlerr)?.and_then(|v| v.parse().ok()).unwrap_or(0);
-        if now < at || at < floor {
+        // Replaying from `at` is sound only when this database went through the very
+        // generation the index reflects: the same nonce at `at` means it shares the history up
+        // to there (a backup restored at or after `at`), so the log above `at` is exactly what
+        // the index lacks. A database restored to before `at` and written again names `at`
+        // with another nonce (or is still behind it): the index holds a lost history, whose
+        // chunk ids the database hands out again for other vectors.
+        let same_history = nonce_of(&tx, at).map_err(sqlerr)?.is_some_and(|n| n == idx.nonce());
+        if now < at || at < floor || !same_history {
             drop(tx);
-            tracing::info!("vector index at generation {at}, database at {now} (log from {floor}): rebuilding");
+            tracing::info!(
+                "vector index at generation {at}, database at {now} (log from {floor}, same history: {same_history}): rebuilding"
+            );
             self.vectors = None;
-            self.vectors = Some(rebuild_index(&self.conn, &self.db_path, dim, self.index_path.as_deref())?);
+            let mut idx = rebuild_index(&self.conn, &self.db_path, dim, self.index_path.as_deref())?;
+            if now < at {
+                // The file is ahead of the database: replace it now, or every process would
+                // rebuild until the database passes it (and a save would then be skipped).
+                if let Err(e) = idx.save(&self.store_id, true) {
+                    tracing::warn!("replacing the vector index ahead of the database failed (it will be rebuilt): {e}");
+                }
+            }
+            self.vectors = Some(idx);
             return Ok(());
         }
         let touched: Vec<i64> = {
@@ -301,7 +328,7 @@ impl Store {
             idx.remove(id)?;
         }
         idx.add_many(&adds)?;
-        idx.set_gen(now);
+        idx.set_gen(now, &nonce);
         Ok(())
     }
 
@@ -429,88 +456,65 @@ impl Store {
     /// had before (old chunks, terms and vectors go with it). Returns the item id.
     pub fn put_item(&mut self, item: &NewItem, chunks: &[Chunk], vecs: &[Vec<f32>], embedder: &str) -> Result<i64> {
         assert_eq!(chunks.len(), vecs.len(), "one vector per chunk");
-        let dim = vecs.first().map_or(0, Vec::len);
-        let id = self.write(|tx, path| {
-            let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
-            if dim > 0 {
-                let name = meta_get(tx, "embedder").map_err(sqlerr)?;
-                let d = meta_get(tx, "dim").map_err(sqlerr)?.and_then(|d| d.parse::<usize>().ok());
-                if let Some((name, d)) = name.zip(d) {
-                    if name != embedder || d != dim {
-                        return Err(StoreError::EmbedderMismatch { have: format!("{name} ({d}-d)"), got: format!("{embedder} ({dim}-d)") });
-                    }
-                }
-            }
-            let old_id: Option<i64> =
-                tx.query_row("SELECT id FROM items WHERE path = ?1", [&item.path], |r| r.get(0)).optional().map_err(sqlerr)?;
-            let mut logged = Vec::new();
-            if let Some(id) = old_id {
-                logged = delete_chunks(tx, id).map_err(sqlerr)?;
-            }
-            let meta = item.meta.to_string();
-            let now = mnema_core::time::now();
-            let id = match old_id {
-                Some(id) => {
-                    tx.execute(
-                        "UPDATE items SET kind=?2, sha256=?3, size=?4, mtime=?5, indexed_at=?6, meta=?7 WHERE id=?1",
-                        params![id, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
-                    )
-                    .map_err(sqlerr)?;
-                    id
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![item.path, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
-                    )
-                    .map_err(sqlerr)?;
-                    tx.last_insert_rowid()
-                }
-            };
-            {
-                let mut next = next_chunk_id(tx).map_err(sqlerr)?;
-                let mut ins = tx
-                    .prepare_cached(
-                        "INSERT INTO chunks (id, item_id, seq, text, start, end, start_ms, end_ms, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .map_err(sqlerr)?;
-                let mut fts = tx.prepare_cached("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
-                for (c, v) in chunks.iter().zip(vecs) {
-                    let blob = (!v.is_empty()).then(|| to_blob(v));
-                    ins.execute(params![next, id, c.seq, c.text, c.start, c.end, c.start_ms, c.end_ms, blob]).map_err(sqlerr)?;
-                    fts.execute(params![next, text::index_terms(&c.text)]).map_err(sqlerr)?;
-                    if !v.is_empty() {
-                        logged.push(next);
-                    }
-                    next += 1;
-                }
-                set_next_chunk_id(tx, next).map_err(sqlerr)?;
-            }
-            // The image's difference hash goes to the band index in the same transaction, so
-            // a stored image is always findable as a near-duplicate candidate.
-            tx.execute("DELETE FROM image_bands WHERE item_id = ?1", [id]).map_err(sqlerr)?;
-            if let Some(h) = image_hash(item) {
-                let mut ins =
-                    tx.prepare_cached("INSERT INTO image_bands (item_id, band, bits) VALUES (?1, ?2, ?3)").map_err(sqlerr)?;
-                for (band, bits) in hash_bands(h).iter().enumerate() {
-                    ins.execute(params![id, band as i64, bits]).map_err(sqlerr)?;
-                }
-            }
-            if dim > 0 {
-                tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder])
-                    .map_err(sqlerr)?;
-                tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()])
-                    .map_err(sqlerr)?;
-            }
-            log_vectors(tx, &logged).map_err(sqlerr)?;
-            Ok(id)
-        })?;
-        // Committed: bring the index up to date from the log (this change and any other
-        // process's), so it can be saved as current.
-        if dim > 0 || self.vectors.is_some() {
+        let id = self.write(|tx, path| insert_item(tx, path, item, chunks, vecs, embedder))?;
+        self.after_put(vecs.first().is_some_and(|v| !v.is_empty()))?;
+        Ok(id)
+    }
+
+    /// Committed: brings the index up to date from the log (this change and any other
+    /// process's), so it can be saved as current.
+    fn after_put(&mut self, with_vectors: bool) -> Result<()> {
+        if with_vectors || self.vectors.is_some() {
             self.index()?;
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Stores `item` with a copy of the chunks and vectors of item `from`, in one transaction
+    /// that first checks `from` still exists with content `from_sha256`; `copy_meta` names
+    /// what of its metadata comes along. `None` when it is gone, holds other content or has a
+    /// chunk without a vector (the caller extracts instead); otherwise the new item's id and
+    /// chunk count. A copy read outside the write could store a deleted twin's empty text or
+    /// a re-ingested twin's new text (`tests/trust.rs::a_copy_is_taken_only_from_the_twin_as_it_is`).
+    pub fn put_item_copy(&mut self, item: &NewItem, from: i64, from_sha256: &str, copy_meta: CopyMeta<'_>) -> Result<Option<(i64, usize)>> {
+        let done = self.write(|tx, path| {
+            let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
+            let src: Option<(String, String)> = tx
+                .query_row("SELECT sha256, meta FROM items WHERE id = ?1", [from], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(sqlerr)?;
+            let Some((_, meta)) = src.filter(|s| s.0 == from_sha256) else { return Ok(None) };
+            let stored: Vec<(Chunk, Option<Vec<u8>>)> = {
+                let mut s = tx
+                    .prepare_cached("SELECT seq, text, start, end, start_ms, end_ms, vector FROM chunks WHERE item_id = ?1 ORDER BY seq")
+                    .map_err(sqlerr)?;
+                let rows = s.query_map([from], |r| Ok((chunk_from_row(r, 0)?, r.get(6)?))).map_err(sqlerr)?;
+                rows.collect::<rusqlite::Result<_>>().map_err(sqlerr)?
+            };
+            if stored.iter().any(|(_, v)| v.is_none()) {
+                return Ok(None);
+            }
+            let (chunks, vecs): (Vec<Chunk>, Vec<Vec<f32>>) =
+                stored.into_iter().map(|(c, v)| (c, from_blob(&v.unwrap_or_default()))).unzip();
+            let src_meta: serde_json::Value = serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null);
+            let mut item = item.clone();
+            match copy_meta {
+                CopyMeta::All => item.meta = src_meta,
+                CopyMeta::Keys(keys) => {
+                    for k in keys {
+                        if let (Some(v), Some(m)) = (src_meta.get(k), item.meta.as_object_mut()) {
+                            m.insert(k.to_string(), v.clone());
+                        }
+                    }
+                }
+            }
+            let embedder = meta_get(tx, "embedder").map_err(sqlerr)?.unwrap_or_default();
+            let id = insert_item(tx, path, &item, &chunks, &vecs, &embedder)?;
+            Ok(Some((id, chunks.len(), !vecs.is_empty())))
+        })?;
+        let Some((id, n, with_vectors)) = done else { return Ok(None) };
+        self.after_put(with_vectors)?;
+        Ok(Some((id, n)))
     }
 
     /// Deletes an item and everything derived from it. Returns false when there was none.
@@ -849,6 +853,17 @@ fn gen_of(conn: &Connection) -> rusqlite::Result<i64> {
     Ok(meta_get(conn, "vectors_gen")?.and_then(|g| g.parse().ok()).unwrap_or(0))
 }
 
+/// The nonce naming generation `gen` (`vector_gens`), if it is still kept.
+fn nonce_of(conn: &Connection, gen: i64) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT nonce FROM vector_gens WHERE gen = ?1")?.query_row([gen], |r| r.get(0)).optional()
+}
+
+/// The database's generation with its nonce: together they never name two contents.
+fn gen_id(conn: &Connection) -> rusqlite::Result<(i64, String)> {
+    let gen = gen_of(conn)?;
+    Ok((gen, nonce_of(conn, gen)?.unwrap_or_default()))
+}
+
 /// The next chunk id: above every id ever used, so ids are never reused (an index holding an
 /// id can trust its vector, and a tombstone key stays unique).
 fn next_chunk_id(tx: &Connection) -> rusqlite::Result<i64> {
@@ -864,14 +879,16 @@ fn set_next_chunk_id(tx: &Connection, next: i64) -> rusqlite::Result<()> {
     set_meta(tx, "chunk_id_next", next)
 }
 
-/// Bumps the generation, records the chunk ids whose vectors this transaction added or
-/// removed under it, and prunes the log. Returns the new generation.
+/// Bumps the generation, names it with a fresh random nonce, records the chunk ids whose
+/// vectors this transaction added or removed under it, and prunes the log. Returns the new
+/// generation.
 fn log_vectors(tx: &Connection, ids: &[i64]) -> rusqlite::Result<i64> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('vectors_gen', '1') ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
         [],
     )?;
     let gen = gen_of(tx)?;
+    tx.execute("INSERT OR REPLACE INTO vector_gens (gen, nonce) VALUES (?1, lower(hex(randomblob(16))))", [gen])?;
     {
         let mut ins = tx.prepare_cached("INSERT INTO vector_log (gen, chunk_id) VALUES (?1, ?2)")?;
         for id in ids {
@@ -880,14 +897,23 @@ fn log_vectors(tx: &Connection, ids: &[i64]) -> rusqlite::Result<i64> {
     }
     let (lo, hi): (Option<i64>, Option<i64>) =
         tx.query_row("SELECT min(id), max(id) FROM vector_log", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut cut = None;
     if let (Some(lo), Some(hi)) = (lo, hi) {
         if hi - lo >= 2 * LOG_KEEP {
             // Cut at a whole generation: every generation above the floor stays complete.
-            let cut: i64 =
-                tx.query_row("SELECT gen FROM vector_log WHERE id <= ?1 ORDER BY id DESC LIMIT 1", [hi - LOG_KEEP], |r| r.get(0))?;
-            tx.execute("DELETE FROM vector_log WHERE gen <= ?1", [cut])?;
-            set_meta(tx, "log_floor", cut)?;
+            cut = Some(tx.query_row("SELECT gen FROM vector_log WHERE id <= ?1 ORDER BY id DESC LIMIT 1", [hi - LOG_KEEP], |r| r.get(0))?);
         }
+    }
+    // Many writes without vectors: the nonces are bounded too.
+    let floor: i64 = meta_get(tx, "log_floor")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    if gen - floor >= 2 * LOG_KEEP {
+        cut = Some(cut.unwrap_or(0).max(gen - LOG_KEEP));
+    }
+    if let Some(cut) = cut {
+        tx.execute("DELETE FROM vector_log WHERE gen <= ?1", [cut])?;
+        // The floor's own nonce stays: an index at the floor still catches up.
+        tx.execute("DELETE FROM vector_gens WHERE gen < ?1", [cut])?;
+        set_meta(tx, "log_floor", cut)?;
     }
     Ok(gen)
 }
@@ -897,8 +923,8 @@ fn rebuild_index(conn: &Connection, db_path: &Path, dim: usize, index_path: Opti
     let sqlerr = |source| StoreError::Sql { path: db_path.to_path_buf(), source };
     tracing::info!("rebuilding vector index from {}", db_path.display());
     let tx = conn.unchecked_transaction().map_err(sqlerr)?;
-    let gen = gen_of(&tx).map_err(sqlerr)?;
-    let mut idx = VectorIndex::new(dim, index_path, gen)?;
+    let (gen, nonce) = gen_id(&tx).map_err(sqlerr)?;
+    let mut idx = VectorIndex::new(dim, index_path, gen, &nonce)?;
     let n: i64 = tx.query_row("SELECT count(*) FROM chunks WHERE vector IS NOT NULL", [], |r| r.get(0)).map_err(sqlerr)?;
     idx.reserve_more(n as usize)?;
     let mut stmt = tx.prepare("SELECT id, vector FROM chunks WHERE vector IS NOT NULL").map_err(sqlerr)?;
@@ -920,6 +946,90 @@ fn rebuild_index(conn: &Connection, db_path: &Path, dim: usize, index_path: Opti
     // A fresh index differs from the file: save it on the next flush.
     idx.mark_dirty();
     Ok(idx)
+}
+
+/// Writes `item` with its chunks and vectors inside `tx`, replacing whatever the same path had
+/// before (old chunks, terms and vectors go with it); bumps the generation. Returns the item id.
+fn insert_item(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    item: &NewItem,
+    chunks: &[Chunk],
+    vecs: &[Vec<f32>],
+    embedder: &str,
+) -> Result<i64> {
+    assert_eq!(chunks.len(), vecs.len(), "one vector per chunk");
+    let dim = vecs.first().map_or(0, Vec::len);
+    let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
+    if dim > 0 {
+        let name = meta_get(tx, "embedder").map_err(sqlerr)?;
+        let d = meta_get(tx, "dim").map_err(sqlerr)?.and_then(|d| d.parse::<usize>().ok());
+        if let Some((name, d)) = name.zip(d) {
+            if name != embedder || d != dim {
+                return Err(StoreError::EmbedderMismatch { have: format!("{name} ({d}-d)"), got: format!("{embedder} ({dim}-d)") });
+            }
+        }
+    }
+    let old_id: Option<i64> =
+        tx.query_row("SELECT id FROM items WHERE path = ?1", [&item.path], |r| r.get(0)).optional().map_err(sqlerr)?;
+    let mut logged = Vec::new();
+    if let Some(id) = old_id {
+        logged = delete_chunks(tx, id).map_err(sqlerr)?;
+    }
+    let meta = item.meta.to_string();
+    let now = mnema_core::time::now();
+    let id = match old_id {
+        Some(id) => {
+            tx.execute(
+                "UPDATE items SET kind=?2, sha256=?3, size=?4, mtime=?5, indexed_at=?6, meta=?7 WHERE id=?1",
+                params![id, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
+            )
+            .map_err(sqlerr)?;
+            id
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![item.path, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
+            )
+            .map_err(sqlerr)?;
+            tx.last_insert_rowid()
+        }
+    };
+    {
+        let mut next = next_chunk_id(tx).map_err(sqlerr)?;
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO chunks (id, item_id, seq, text, start, end, start_ms, end_ms, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(sqlerr)?;
+        let mut fts = tx.prepare_cached("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
+        for (c, v) in chunks.iter().zip(vecs) {
+            let blob = (!v.is_empty()).then(|| to_blob(v));
+            ins.execute(params![next, id, c.seq, c.text, c.start, c.end, c.start_ms, c.end_ms, blob]).map_err(sqlerr)?;
+            fts.execute(params![next, text::index_terms(&c.text)]).map_err(sqlerr)?;
+            if !v.is_empty() {
+                logged.push(next);
+            }
+            next += 1;
+        }
+        set_next_chunk_id(tx, next).map_err(sqlerr)?;
+    }
+    // The image's difference hash goes to the band index in the same transaction, so
+    // a stored image is always findable as a near-duplicate candidate.
+    tx.execute("DELETE FROM image_bands WHERE item_id = ?1", [id]).map_err(sqlerr)?;
+    if let Some(h) = image_hash(item) {
+        let mut ins = tx.prepare_cached("INSERT INTO image_bands (item_id, band, bits) VALUES (?1, ?2, ?3)").map_err(sqlerr)?;
+        for (band, bits) in hash_bands(h).iter().enumerate() {
+            ins.execute(params![id, band as i64, bits]).map_err(sqlerr)?;
+        }
+    }
+    if dim > 0 {
+        tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder]).map_err(sqlerr)?;
+        tx.execute("INSERT INTO meta (key, value) VALUES ('dim', ?1) ON CONFLICT(key) DO NOTHING", [dim.to_string()]).map_err(sqlerr)?;
+    }
+    log_vectors(tx, &logged).map_err(sqlerr)?;
+    Ok(id)
 }
 
 /// SQL condition over `items i` for the filters, with its arguments.

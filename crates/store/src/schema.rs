@@ -71,6 +71,15 @@ pub const MIGRATIONS: &[&str] = &[
               UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7) b
         WHERE i.kind = 'image' AND length(json_extract(i.meta, '$.dhash')) = 16;
     "#,
+    // 4: generation nonces. Each write transaction names the generation it produces with a
+    // random nonce, so a generation number reached twice (the database restored from a backup
+    // and written again) is two different generations to the vector index. Kept from
+    // `meta.log_floor` up, like the log.
+    r#"
+    CREATE TABLE vector_gens (gen INTEGER PRIMARY KEY, nonce TEXT NOT NULL);
+    INSERT INTO vector_gens (gen, nonce)
+        VALUES (COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'vectors_gen'), 0), lower(hex(randomblob(16))));
+    "#,
 ];
 
 /// The schema version this build writes.

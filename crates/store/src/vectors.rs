@@ -4,7 +4,10 @@
 //! **Architecture Invariant:** SQLite holds every vector (`chunks.vector`) and is the truth;
 //! this index is a cache of it at a known generation ([`VectorIndex::gen`]). The store brings
 //! it up to the database's generation before every vector search (replaying the vector log)
-//! and it is only ever saved under the generation it reflects.
+//! and it is only ever saved under the generation it reflects. A generation is named by its
+//! number *and* a random nonce (`vector_gens`): a database restored from a backup reaches the
+//! same numbers again with other content, and an index of the lost history is never taken
+//! for current (`tests/trust.rs::an_index_from_a_lost_future_is_never_trusted`).
 //!
 //! **Removals never unlink the graph.** usearch's `remove` puts the node's slot on a free list
 //! and the next `add` reuses it: the node is re-linked for its new vector after its old
@@ -19,7 +22,7 @@
 //! renames; the generation, the database's `store_id` and the tombstone count go to
 //! `vectors.usearch.gen` after the index, which is removed first, so a crash leaves no marker
 //! rather than a marker beside the wrong index. A save never replaces a file at a newer
-//! generation.
+//! generation, except when the store found that file ahead of the database (a lost future).
 
 use crate::StoreError;
 use std::fs::File;
@@ -34,7 +37,7 @@ const TOMBSTONE: u64 = 1 << 62;
 const TOMBSTONES_FREE: usize = 1024;
 
 /// The sidecar's first line; an older or foreign sidecar means "rebuild".
-const SIDECAR_MAGIC: &str = "mnema-vectors 2";
+const SIDECAR_MAGIC: &str = "mnema-vectors 3";
 
 /// An HNSW index with its file location and the generation it reflects.
 pub struct VectorIndex {
@@ -42,6 +45,8 @@ pub struct VectorIndex {
     dim: usize,
     path: Option<PathBuf>,
     gen: i64,
+    /// The nonce of generation `gen` in the database it was read from.
+    nonce: String,
     tombstones: usize,
     /// A removal could not be tombstoned (legacy id reuse): rebuild before trusting the graph.
     unlinked: bool,
@@ -61,6 +66,7 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
 struct Sidecar {
     store_id: String,
     gen: i64,
+    nonce: String,
     dim: usize,
     tombstones: usize,
 }
@@ -76,13 +82,17 @@ impl Sidecar {
         Some(Sidecar {
             store_id: field("store")?,
             gen: field("gen")?.parse().ok()?,
+            nonce: field("nonce")?,
             dim: field("dim")?.parse().ok()?,
             tombstones: field("tombstones")?.parse().ok()?,
         })
     }
 
     fn text(&self) -> String {
-        format!("{SIDECAR_MAGIC}\nstore {}\ngen {}\ndim {}\ntombstones {}\n", self.store_id, self.gen, self.dim, self.tombstones)
+        format!(
+            "{SIDECAR_MAGIC}\nstore {}\ngen {}\nnonce {}\ndim {}\ntombstones {}\n",
+            self.store_id, self.gen, self.nonce, self.dim, self.tombstones
+        )
     }
 }
 
@@ -110,9 +120,9 @@ pub(crate) fn private(p: &Path) {
 }
 
 impl VectorIndex {
-    /// An empty index for `dim`-dimensional vectors at generation `gen`, saved at `path`
-    /// (in memory when `None`).
-    pub fn new(dim: usize, path: Option<&Path>, gen: i64) -> Result<VectorIndex, StoreError> {
+    /// An empty index for `dim`-dimensional vectors at generation `gen` (named by `nonce`),
+    /// saved at `path` (in memory when `None`).
+    pub fn new(dim: usize, path: Option<&Path>, gen: i64, nonce: &str) -> Result<VectorIndex, StoreError> {
         let opts = IndexOptions {
             dimensions: dim,
             metric: MetricKind::IP,
@@ -124,7 +134,16 @@ impl VectorIndex {
         };
         let index = Index::new(&opts).map_err(err)?;
         index.reserve(1024).map_err(err)?;
-        Ok(VectorIndex { index, dim, path: path.map(Path::to_path_buf), gen, tombstones: 0, unlinked: false, dirty: false })
+        Ok(VectorIndex {
+            index,
+            dim,
+            path: path.map(Path::to_path_buf),
+            gen,
+            nonce: nonce.to_string(),
+            tombstones: 0,
+            unlinked: false,
+            dirty: false,
+        })
     }
 
     /// Loads the index saved at `path` for the database `store_id`; `None` when it must be
@@ -138,7 +157,7 @@ impl VectorIndex {
         if side.store_id != store_id || side.dim != dim {
             return None;
         }
-        let mut v = VectorIndex::new(dim, Some(path), side.gen).ok()?;
+        let mut v = VectorIndex::new(dim, Some(path), side.gen, &side.nonce).ok()?;
         v.index.load(path.to_str()?).ok()?;
         if v.index.dimensions() != dim || v.index.size() < side.tombstones {
             return None;
@@ -152,9 +171,15 @@ impl VectorIndex {
         self.gen
     }
 
-    /// Records that the index now reflects generation `gen`.
-    pub(crate) fn set_gen(&mut self, gen: i64) {
+    /// The nonce naming the generation this index reflects.
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
+    /// Records that the index now reflects generation `gen`, named by `nonce`.
+    pub(crate) fn set_gen(&mut self, gen: i64, nonce: &str) {
         self.gen = gen;
+        self.nonce = nonce.to_string();
     }
 
     /// Marks the index as differing from its file (a fresh rebuild).
@@ -277,7 +302,9 @@ impl VectorIndex {
 
     /// Saves the index with the generation it reflects, for the database `store_id`.
     /// Skipped for in-memory indexes, for a clean index (unless `force`) and when the file on
-    /// disk already reflects this generation or a newer one (another process saved it).
+    /// disk already reflects this very generation (same nonce) or a newer one (another process
+    /// saved it). `force` also replaces a newer file: the store passes it when it found the
+    /// file ahead of the database.
     pub fn save(&mut self, store_id: &str, force: bool) -> Result<(), StoreError> {
         let Some(path) = self.path.clone() else { return Ok(()) };
         if !self.dirty && !force {
@@ -287,7 +314,8 @@ impl VectorIndex {
         lock.lock().map_err(|e| io_err(&path, "cannot lock", e))?;
         if !force {
             if let Some(side) = Sidecar::read(&path) {
-                if side.store_id == store_id && side.gen >= self.gen && path.exists() {
+                if side.store_id == store_id && (side.gen > self.gen || (side.gen == self.gen && side.nonce == self.nonce)) && path.exists()
+                {
                     self.dirty = false;
                     return Ok(());
                 }
@@ -310,7 +338,13 @@ impl VectorIndex {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        let side = Sidecar { store_id: store_id.to_string(), gen: self.gen, dim: self.dim, tombstones: self.tombstones };
+        let side = Sidecar {
+            store_id: store_id.to_string(),
+            gen: self.gen,
+            nonce: self.nonce.clone(),
+            dim: self.dim,
+            tombstones: self.tombstones,
+        };
         let tmp = unique_tmp(&gen_path(&path));
         std::fs::write(&tmp, side.text()).map_err(|e| io_err(&tmp, "cannot write", e))?;
         private(&tmp);

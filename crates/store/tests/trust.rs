@@ -3,7 +3,7 @@
 //! private file modes. Real SQLite files, real usearch index files.
 
 use mnema_core::{Chunk, Filters, Kind};
-use mnema_store::{NewItem, Store};
+use mnema_store::{CopyMeta, NewItem, Store};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -335,4 +335,142 @@ fn a_database_from_before_the_vector_log_is_upgraded_and_searched() {
     assert_eq!(s.stats().unwrap().items, 30);
     assert_all_found(&mut s, "after writes on the upgraded store");
     assert!(s.check_index().unwrap().ok);
+}
+
+/// Writes `path` with `n` chunks whose text names the path and whose vectors derive from `seed`.
+fn put_named(s: &mut Store, path: &str, seed: u64, n: u32) {
+    let chunks: Vec<Chunk> =
+        (0..n).map(|i| Chunk { seq: i, text: format!("{path} {i}"), start: 0, end: 1, start_ms: None, end_ms: None }).collect();
+    let vecs: Vec<Vec<f32>> = (0..n as u64).map(|i| vector(seed * 1000 + i)).collect();
+    s.put_item(&item(path, seed), &chunks, &vecs, "test").unwrap();
+}
+
+/// Every stored vector's best hit is itself: the same item and the item's own text.
+fn assert_own_hits(s: &mut Store, what: &str) {
+    let items = s.items(&Filters::default(), 1_000_000, 0).unwrap();
+    assert!(!items.is_empty());
+    for it in &items {
+        for (c, v) in s.chunks(it.id).unwrap() {
+            let hits = s.vector_candidates(v.as_ref().unwrap(), &Filters::default(), 1).unwrap();
+            let rows = s.chunk_rows(&[hits[0].0]).unwrap();
+            assert!(
+                rows[0].item_id == it.id && rows[0].chunk.text == c.text && hits[0].1 > 0.99,
+                "{what}: {} chunk {:?} found {:?} ({})",
+                it.path,
+                c.text,
+                rows[0].chunk.text,
+                hits[0].1
+            );
+        }
+    }
+    let check = s.check_index().unwrap();
+    assert!(check.ok, "{what}: {check:?}");
+}
+
+/// The generation recorded beside the saved index file.
+fn saved_gen(home: &Path) -> i64 {
+    let side = std::fs::read_to_string(home.join("vectors.usearch.gen")).unwrap();
+    side.lines().find_map(|l| l.strip_prefix("gen ")).unwrap().parse().unwrap()
+}
+
+/// Copies the database (with its WAL) from `from` to `to`, as a backup or a restore does.
+fn copy_db(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["mnema.db", "mnema.db-wal"] {
+        let _ = std::fs::remove_file(to.join(f));
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+    let _ = std::fs::remove_file(to.join("mnema.db-shm"));
+}
+
+#[test]
+fn an_index_from_a_lost_future_is_never_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let backup = dir.path().join("backup");
+    let elsewhere = dir.path().join("elsewhere");
+    let mut s = Store::open(&home).unwrap();
+    for i in 0..5 {
+        put_named(&mut s, &format!("/old/{i}.txt"), 1 + i, 3);
+    }
+    s.flush().unwrap();
+    drop(s);
+    let g1 = saved_gen(&home);
+    copy_db(&home, &backup);
+    // The future that will be lost: ten more items, saved in the index file.
+    let mut s = Store::open(&home).unwrap();
+    for i in 0..10 {
+        put_named(&mut s, &format!("/lost/{i}.txt"), 100 + i, 3);
+    }
+    s.flush().unwrap();
+    drop(s);
+    let g2 = saved_gen(&home);
+    assert!(g2 > g1);
+
+    // The backup is restored and written again (here by a process that never loads this
+    // index) until it reaches the saved generation with other items under the same chunk ids.
+    copy_db(&backup, &elsewhere);
+    let mut s = Store::open(&elsewhere).unwrap();
+    for i in 0..(g2 - g1) as u64 {
+        put_named(&mut s, &format!("/new/{i}.txt"), 500 + i, 3);
+    }
+    drop(s);
+    copy_db(&elsewhere, &home);
+    let mut s = Store::open(&home).unwrap();
+    assert_own_hits(&mut s, "same generation, other history");
+    drop(s);
+
+    // Restored in place: the first process to see the index ahead of the database replaces it.
+    copy_db(&backup, &home);
+    let mut s = Store::open(&home).unwrap();
+    put_named(&mut s, "/again/0.txt", 900, 3);
+    s.flush().unwrap();
+    drop(s);
+    assert_eq!(saved_gen(&home), g1 + 1, "the index file ahead of the database was kept");
+    let mut s = Store::open(&home).unwrap();
+    for i in 1..(g2 - g1) as u64 {
+        put_named(&mut s, &format!("/again/{i}.txt"), 900 + i, 3);
+    }
+    s.flush().unwrap();
+    drop(s);
+    let mut s = Store::open(&home).unwrap();
+    assert_own_hits(&mut s, "restored in place and written again");
+}
+
+#[test]
+fn a_copy_is_taken_only_from_the_twin_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path()).unwrap();
+    put_named(&mut s, "/a.txt", 1, 3);
+    let a = s.item_by_path("/a.txt").unwrap().unwrap();
+    let b = NewItem { path: "/b.txt".into(), ..item("/b.txt", 1) };
+    let (b_id, n) = s.put_item_copy(&b, a.id, &a.sha256, CopyMeta::Keys(&[])).unwrap().expect("the twin is there");
+    assert_eq!(n, 3);
+    assert_eq!(s.chunks(b_id).unwrap(), s.chunks(a.id).unwrap());
+    // The copy's vectors are searchable.
+    let hits = s.vector_candidates(&vector(1000), &Filters::default(), 2).unwrap();
+    let items: Vec<i64> = s.chunk_rows(&hits.iter().map(|h| h.0).collect::<Vec<_>>()).unwrap().iter().map(|r| r.item_id).collect();
+    assert!(items.contains(&a.id) && items.contains(&b_id), "{items:?}");
+    assert!(s.check_index().unwrap().ok);
+
+    // The twin deleted before the copy: nothing is stored.
+    s.delete_item(a.id).unwrap();
+    let c = item("/c.txt", 1);
+    assert_eq!(s.put_item_copy(&c, a.id, &a.sha256, CopyMeta::Keys(&[])).unwrap(), None);
+    assert!(s.item_by_path("/c.txt").unwrap().is_none());
+
+    // The twin re-ingested with other content: its new text is not copied under the old hash.
+    put_named(&mut s, "/a.txt", 2, 2);
+    let a2 = s.item_by_path("/a.txt").unwrap().unwrap();
+    assert_ne!(a2.sha256, a.sha256);
+    assert_eq!(s.put_item_copy(&c, a2.id, &a.sha256, CopyMeta::Keys(&[])).unwrap(), None);
+    assert!(s.item_by_path("/c.txt").unwrap().is_none());
+    // With its current content it is copied, with the metadata asked for.
+    let mut d = item("/d.txt", 2);
+    d.meta = serde_json::json!({ "mine": 1 });
+    let (d_id, n) = s.put_item_copy(&d, a2.id, &a2.sha256, CopyMeta::Keys(&["absent"])).unwrap().unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(s.item(d_id).unwrap().unwrap().meta, serde_json::json!({ "mine": 1 }));
 }
