@@ -58,7 +58,12 @@ pub fn chunk_text(tokenizer: &Tokenizer, text: &str, spec: ChunkSpec) -> Result<
                 end = cut;
             }
         }
-        push(offs[start].0, offs[end - 1].1);
+        // The first window starts at the text's start and the last ends at its end, so
+        // nothing at the edges is lost even where the tokenizer's offsets skip characters
+        // (control characters before a word shifted them past the last words).
+        let from = if start == 0 { 0 } else { offs[start].0 };
+        let to = if end >= n { text.len() } else { offs[end - 1].1 };
+        push(from, to);
         if end >= n {
             break;
         }
