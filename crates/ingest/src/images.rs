@@ -89,17 +89,7 @@ impl Ingester<'_> {
                 Ok((bytes, meta, sha)) => {
                     let path_str = path.to_string_lossy().into_owned();
                     if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
-                        done(
-                            Outcome {
-                                path: path.to_path_buf(),
-                                id: Some(it.id),
-                                kind: Some(it.kind),
-                                status: Status::Unchanged,
-                                error: None,
-                                chunks: 0,
-                            },
-                            out,
-                        );
+                        done(Outcome::unchanged(path, &it), out);
                     } else {
                         changed.push((*path, bytes, meta, sha));
                     }

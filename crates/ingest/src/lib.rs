@@ -88,6 +88,11 @@ impl Outcome {
     fn failed(path: PathBuf, kind: Option<Kind>, error: impl Into<String>) -> Outcome {
         Outcome { path, id: None, kind, status: Status::Failed, error: Some(error.into()), chunks: 0 }
     }
+
+    /// `path` is stored as `item` with the same content: nothing to do.
+    fn unchanged(path: &Path, item: &mnema_core::Item) -> Outcome {
+        Outcome { path: path.to_path_buf(), id: Some(item.id), kind: Some(item.kind), status: Status::Unchanged, error: None, chunks: 0 }
+    }
 }
 
 /// Errors that stop a whole ingest run (per-file problems are [`Outcome`]s instead).
@@ -353,17 +358,7 @@ impl<'a> Ingester<'a> {
             };
             let path_str = path.to_string_lossy().into_owned();
             if let Some(it) = self.store.item_by_path(&path_str)?.filter(|it| it.sha256 == sha) {
-                done(
-                    Outcome {
-                        path: path.to_path_buf(),
-                        id: Some(it.id),
-                        kind: Some(it.kind),
-                        status: Status::Unchanged,
-                        error: None,
-                        chunks: 0,
-                    },
-                    out,
-                );
+                done(Outcome::unchanged(path, &it), out);
                 continue;
             }
             let item = NewItem {
@@ -483,14 +478,7 @@ impl<'a> Ingester<'a> {
         let existing = self.store.item_by_path(&path_str)?;
         if let Some(it) = &existing {
             if it.sha256 == sha {
-                return Ok(Prepared::Done(Outcome {
-                    path: path.into(),
-                    id: Some(it.id),
-                    kind: Some(it.kind),
-                    status: Status::Unchanged,
-                    error: None,
-                    chunks: 0,
-                }));
+                return Ok(Prepared::Done(Outcome::unchanged(path, it)));
             }
         }
         let text = match mnema_extract::note::note_text(bytes) {
