@@ -4,16 +4,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use mnema_extract::chunk::{chunk_text, ChunkSpec};
+use mnema_extract::embed::HfTokenizer;
 use mnema_extract::note::note_text;
 use std::sync::LazyLock;
-use tokenizers::Tokenizer;
 
-static TOKENIZER: LazyLock<Tokenizer> = LazyLock::new(|| {
+static TOKENIZER: LazyLock<HfTokenizer> = LazyLock::new(|| {
     let p = mnema_fuzz::models_dir().join("multilingual-e5-small/tokenizer.json");
-    let mut t = Tokenizer::from_file(&p).unwrap_or_else(|e| panic!("cannot load {} (run scripts/setup.sh): {e}", p.display()));
-    t.with_padding(None);
-    t.with_truncation(None).expect("truncation off");
-    t
+    HfTokenizer::from_file(&p).unwrap_or_else(|e| panic!("cannot load {} (run scripts/setup.sh): {e}", p.display()))
 });
 
 fuzz_target!(
@@ -27,7 +24,7 @@ fuzz_target!(
     assert!(!text.contains('\0') && !text.trim().is_empty());
     let k = data.len();
     let spec = ChunkSpec { max_tokens: k % 40, overlap: k % 7 };
-    let chunks = chunk_text(&TOKENIZER, &text, spec).expect("the tokenizer refused valid UTF-8 text");
+    let chunks = chunk_text(&*TOKENIZER, &text, spec).expect("the tokenizer refused valid UTF-8 text");
     for (i, c) in chunks.iter().enumerate() {
         assert_eq!(c.seq as usize, i);
         assert!(c.start < c.end && c.end as usize <= text.len(), "chunk {i}: {}..{} of {}", c.start, c.end, text.len());

@@ -49,8 +49,8 @@ fn long_texts(e: &dyn Embedder, n: usize, tokens: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
             let t: String = (0..40).map(|_| sentence(&mut rng, 12) + " ").collect();
-            let enc = e.tokenizer().encode(t.as_str(), false).unwrap();
-            let end = enc.get_offsets()[..tokens.min(enc.len())].last().map_or(0, |o| o.1);
+            let offsets = e.tokens().token_offsets(t.as_str()).unwrap();
+            let end = offsets[..tokens.min(offsets.len())].last().map_or(0, |o| o.1);
             t[..end].to_string()
         })
         .collect()

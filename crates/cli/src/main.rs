@@ -168,6 +168,9 @@ fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<mnema_core::Error
     if let Some(e) = e.downcast_ref::<mnema_extract::ExtractError>() {
         return Some(e.kind());
     }
+    if let Some(e) = e.downcast_ref::<mnema_engine::EngineError>() {
+        return Some(e.kind());
+    }
     if let Some(e) = e.downcast_ref::<mnema_models::ModelError>() {
         return Some(e.kind());
     }
@@ -184,7 +187,7 @@ fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<mnema_core::Error
             mnema_search::SearchError::EmptyQuery => K::Input,
             mnema_search::SearchError::NoEmbedder => K::ModelFile,
             mnema_search::SearchError::Store(s) => store_kind(s),
-            mnema_search::SearchError::Extract(x) => x.kind(),
+            mnema_search::SearchError::Engine(x) => x.kind(),
             #[allow(unreachable_patterns)]
             _ => K::Input,
         });

@@ -5,37 +5,10 @@
 
 use crate::bert::Bert;
 use crate::{ExtractError, Result};
+use mnema_engine::{Embedder, Role, TokenCounter};
 use mnema_models::{e5q4::E5Q4File, ModelFiles};
 use std::path::Path;
 use tokenizers::Tokenizer;
-
-/// Whether a text is a query or stored content; asymmetric models embed them differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A search query.
-    Query,
-    /// A stored passage.
-    Passage,
-}
-
-/// A sentence-embedding model.
-pub trait Embedder: Send + Sync {
-    /// Catalog name of the model.
-    fn name(&self) -> &str;
-    /// Vector dimension.
-    fn dim(&self) -> usize;
-    /// The most content tokens one passage may have (prefix and special tokens excluded).
-    fn max_content_tokens(&self) -> usize;
-    /// The model's tokenizer (chunking counts tokens with it).
-    fn tokenizer(&self) -> &Tokenizer;
-    /// Embeds texts; returns one L2-normalised vector per text, in input order. Texts longer
-    /// than the context are truncated.
-    fn embed(&self, texts: &[&str], role: Role) -> Result<Vec<Vec<f32>>>;
-    /// Bytes of weights held in memory.
-    fn weight_bytes(&self) -> usize;
-    /// Caps the tokens of one forward pass (activation memory grows with it).
-    fn set_max_batch_tokens(&self, tokens: usize);
-}
 
 /// Expected resident cost of loading an embedder, from its files: weights as they will be
 /// held plus the tokenizer's structures (measured: e5's 17 MB tokenizer.json takes ~200 MB).
@@ -70,7 +43,7 @@ pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>>
     let tokenizer_path = files.path("tokenizer.json");
     let tokenizer = std::thread::spawn({
         let path = tokenizer_path.clone();
-        move || load_tokenizer(&path)
+        move || HfTokenizer::from_file(&path)
     });
     let t0 = std::time::Instant::now();
     let q4 = files.path("e5-small-q4.bin");
@@ -92,6 +65,29 @@ pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>>
         max_batch_tokens: MAX_BATCH_TOKENS.into(),
         max_batch: 32,
     }))
+}
+
+/// A Hugging Face tokenizer (`tokenizer.json`) as a [`TokenCounter`].
+pub struct HfTokenizer {
+    inner: Tokenizer,
+    path: std::path::PathBuf,
+}
+
+impl HfTokenizer {
+    /// Loads `tokenizer.json` without padding or truncation (chunking sees every token).
+    pub fn from_file(path: &Path) -> Result<HfTokenizer> {
+        Ok(HfTokenizer { inner: load_tokenizer(path)?, path: path.to_path_buf() })
+    }
+}
+
+impl TokenCounter for HfTokenizer {
+    fn token_offsets(&self, text: &str) -> mnema_engine::Result<Vec<(usize, usize)>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ExtractError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+        Ok(enc.get_offsets().to_vec())
+    }
 }
 
 fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -123,7 +119,7 @@ pub const MAX_BATCH_TOKENS: usize = 1024;
 pub struct BertEmbedder {
     name: String,
     bert: Bert,
-    tokenizer: Tokenizer,
+    tokenizer: HfTokenizer,
     prefixes: (&'static str, &'static str),
     /// Most tokens in one forward pass (sequences are not padded): bounds activation memory,
     /// about 24 KB per token for a 384-wide model (the FFN's 1536-wide intermediate
@@ -139,6 +135,7 @@ impl BertEmbedder {
         let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
         let enc = self
             .tokenizer
+            .inner
             .encode_batch(inputs, true)
             .map_err(|e| ExtractError::Tokenizer { path: "tokenizer.json".into(), reason: e.to_string() })?;
         let max = self.bert.shape().max_positions;
@@ -171,7 +168,7 @@ impl Embedder for BertEmbedder {
         self.bert.shape().max_positions - 6
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
+    fn tokens(&self) -> &dyn TokenCounter {
         &self.tokenizer
     }
 
@@ -183,7 +180,13 @@ impl Embedder for BertEmbedder {
         self.max_batch_tokens.store(tokens.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn embed(&self, texts: &[&str], role: Role) -> Result<Vec<Vec<f32>>> {
+    fn embed(&self, texts: &[&str], role: Role) -> mnema_engine::Result<Vec<Vec<f32>>> {
+        Ok(self.embed_texts(texts, role)?)
+    }
+}
+
+impl BertEmbedder {
+    fn embed_texts(&self, texts: &[&str], role: Role) -> Result<Vec<Vec<f32>>> {
         let ids = self.encode(texts, role)?;
         // Similar lengths together: less padding, and long texts get smaller batches.
         let mut order: Vec<usize> = (0..ids.len()).collect();

@@ -8,7 +8,6 @@
 
 pub mod audio;
 pub mod bert;
-pub mod chunk;
 pub mod dense;
 pub mod embed;
 pub mod image;
@@ -17,7 +16,8 @@ pub mod ocr;
 pub mod vad;
 pub mod whisper;
 
-pub use embed::{load_embedder, Embedder, Role};
+pub use embed::load_embedder;
+pub use mnema_engine::{chunk, EngineError, Embedder, Role, TokenCounter};
 
 use std::path::PathBuf;
 
@@ -90,6 +90,12 @@ fn candle_kind(e: &candle_core::Error) -> mnema_core::ErrorKind {
         cur = c.source();
     }
     mnema_core::ErrorKind::Internal
+}
+
+impl From<ExtractError> for EngineError {
+    fn from(e: ExtractError) -> EngineError {
+        EngineError::with_source(e.kind(), e.to_string(), e)
+    }
 }
 
 /// Result alias for this crate.

@@ -112,10 +112,10 @@ fn chunks_respect_token_limit_and_overlap() {
     let para = "Векторный поиск находит заметки по смыслу, а не по словам. Vector search finds notes by meaning.\n";
     let text = para.repeat(40);
     let spec = ChunkSpec { max_tokens: 64, overlap: 8 };
-    let chunks = chunk_text(e.tokenizer(), &text, spec).unwrap();
+    let chunks = chunk_text(e.tokens(), &text, spec).unwrap();
     assert!(chunks.len() > 10, "{} chunks", chunks.len());
     for c in &chunks {
-        let n = e.tokenizer().encode(c.text.as_str(), false).unwrap().get_ids().len();
+        let n = e.tokens().count_tokens(c.text.as_str()).unwrap();
         assert!(n <= 64 + 2, "chunk of {n} tokens");
         assert_eq!(&text[c.start as usize..c.end as usize], c.text);
     }
@@ -125,7 +125,7 @@ fn chunks_respect_token_limit_and_overlap() {
     }
     assert_eq!(chunks.last().unwrap().end as usize, text.trim_end().len());
     // Short text: one chunk, the whole text.
-    let one = chunk_text(e.tokenizer(), "  короткая заметка ", spec).unwrap();
+    let one = chunk_text(e.tokens(), "  короткая заметка ", spec).unwrap();
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].text, "короткая заметка");
 }

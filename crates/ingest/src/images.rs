@@ -284,7 +284,7 @@ impl Ingester<'_> {
                 continue;
             }
             let embedder = self.embedder()?;
-            match chunk_text(embedder.tokenizer(), &text, spec) {
+            match chunk_text(embedder.tokens(), &text, spec) {
                 Ok(chunks) => pending.push(Pending { item, chunks }),
                 Err(e) => done(Outcome::failed(PathBuf::from(&item.path), Some(Kind::Image), e.to_string()), out),
             }

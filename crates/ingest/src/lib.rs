@@ -8,12 +8,13 @@
 
 use mnema_core::profile::stage;
 use mnema_core::{Chunk, Config, Kind};
-use mnema_extract::chunk::{chunk_text, ChunkSpec};
+use mnema_engine::chunk::{chunk_text, ChunkSpec};
 use mnema_extract::note::io_reason;
 use mnema_extract::ocr::{join_lines, EngineOptions, OcrPool};
 use mnema_extract::vad::Vad;
 use mnema_extract::whisper::{parse_language, TranscribeOptions, Transcript, Whisper};
-use mnema_extract::{load_embedder, Embedder, ExtractError, Role};
+use mnema_engine::{Embedder, Role};
+use mnema_extract::{load_embedder, ExtractError};
 use mnema_models::manager::ModelManager;
 use mnema_store::{CopyMeta, NewItem, Store};
 use rayon::prelude::*;
@@ -104,6 +105,9 @@ pub enum IngestError {
     /// The embedding model could not be loaded.
     #[error(transparent)]
     Model(#[from] ExtractError),
+    /// An engine failed while running.
+    #[error(transparent)]
+    Engine(#[from] mnema_engine::EngineError),
 }
 
 /// A file read and cut into chunks, waiting for its vectors.
@@ -503,7 +507,7 @@ impl<'a> Ingester<'a> {
         }
         let spec = ChunkSpec { max_tokens: self.config.chunk_tokens, overlap: self.config.chunk_overlap };
         let embedder = self.embedder()?;
-        let chunks = match chunk_text(embedder.tokenizer(), &text, spec) {
+        let chunks = match chunk_text(embedder.tokens(), &text, spec) {
             Ok(c) if !c.is_empty() => c,
             Ok(_) => return fail("no text to index".into()),
             Err(e) => return fail(e.to_string()),

@@ -5,7 +5,7 @@
 #![deny(missing_docs)]
 
 use mnema_core::{text, Filters, Hit, SearchMode};
-use mnema_extract::{Embedder, Role};
+use mnema_engine::{EngineError, Embedder, Role};
 use mnema_store::{ChunkRow, Store};
 use std::collections::{HashMap, HashSet};
 
@@ -37,7 +37,7 @@ pub enum SearchError {
     Store(#[from] mnema_store::StoreError),
     /// Embedding the query failed.
     #[error(transparent)]
-    Extract(#[from] mnema_extract::ExtractError),
+    Engine(#[from] EngineError),
     /// Semantic search was asked for without a model.
     #[error("semantic search needs the embedding model: run scripts/setup.sh")]
     NoEmbedder,

@@ -224,6 +224,12 @@ impl From<mnema_search::SearchError> for ApiError {
     }
 }
 
+impl From<mnema_engine::EngineError> for ApiError {
+    fn from(e: mnema_engine::EngineError) -> Self {
+        ApiError::of_kind(e.kind(), e.to_string())
+    }
+}
+
 impl From<mnema_extract::ExtractError> for ApiError {
     fn from(e: mnema_extract::ExtractError) -> Self {
         ApiError::of_kind(e.kind(), e.to_string())

@@ -1,9 +1,8 @@
 //! Token-aware chunking: long texts are cut into windows of at most `max_tokens` model
 //! tokens that overlap by `overlap` tokens, preferring to cut at a line or sentence end.
 
-use crate::{ExtractError, Result};
+use crate::{Result, TokenCounter};
 use mnema_core::Chunk;
-use tokenizers::Tokenizer;
 
 /// How to cut.
 #[derive(Debug, Clone, Copy)]
@@ -15,12 +14,10 @@ pub struct ChunkSpec {
 }
 
 /// Cuts `text` into chunks; their byte ranges point into `text`.
-pub fn chunk_text(tokenizer: &Tokenizer, text: &str, spec: ChunkSpec) -> Result<Vec<Chunk>> {
+pub fn chunk_text(tokens: &dyn TokenCounter, text: &str, spec: ChunkSpec) -> Result<Vec<Chunk>> {
     let max = spec.max_tokens.max(8);
     let overlap = spec.overlap.min(max / 2);
-    let enc =
-        tokenizer.encode(text, false).map_err(|e| ExtractError::Tokenizer { path: "tokenizer.json".into(), reason: e.to_string() })?;
-    let offs: Vec<(usize, usize)> = enc.get_offsets().iter().copied().filter(|&(a, b)| b > a).collect();
+    let offs: Vec<(usize, usize)> = tokens.token_offsets(text)?.into_iter().filter(|&(a, b)| b > a && b <= text.len()).collect();
     let mut chunks = Vec::new();
     let mut push = |from: usize, to: usize| {
         let (mut a, mut b) = (from.min(text.len()), to.min(text.len()));
