@@ -106,6 +106,16 @@ pub enum IngestError {
     Model(#[from] ExtractError),
 }
 
+impl IngestError {
+    /// What sort of failure this is: the store's or the model's own kind.
+    pub fn kind(&self) -> mnema_core::ErrorKind {
+        match self {
+            IngestError::Store(e) => e.kind(),
+            IngestError::Model(e) => e.kind(),
+        }
+    }
+}
+
 /// A file read and cut into chunks, waiting for its vectors.
 struct Pending {
     item: NewItem,
@@ -288,7 +298,7 @@ impl<'a> Ingester<'a> {
         while !queue.is_empty() {
             let (mut n, mut pixels) = (0, 0u64);
             while n < queue.len().min(MAX_IMAGE_BATCH) {
-                let px = mnema_extract::image::file_dimensions(queue[n]).map_or(0, |(w, h)| u64::from(w) * u64::from(h));
+                let px = mnema_extract::image::file_decode_cost(queue[n]).map_or(0, |c| c.pixels);
                 if n > 0 && pixels + px > batch_pixels {
                     break;
                 }

@@ -43,6 +43,19 @@ pub enum SearchError {
     NoEmbedder,
 }
 
+impl SearchError {
+    /// What sort of failure this is (an empty query is the user's input; a missing model a
+    /// model file; the store's and the embedder's errors keep their own kinds).
+    pub fn kind(&self) -> mnema_core::ErrorKind {
+        match self {
+            SearchError::EmptyQuery => mnema_core::ErrorKind::Input,
+            SearchError::NoEmbedder => mnema_core::ErrorKind::ModelFile,
+            SearchError::Store(e) => e.kind(),
+            SearchError::Extract(e) => e.kind(),
+        }
+    }
+}
+
 /// Runs a query. `embedder` is needed for semantic and hybrid modes (hybrid falls back to
 /// keyword-only when it is `None`).
 pub fn search(store: &mut Store, embedder: Option<&dyn Embedder>, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
