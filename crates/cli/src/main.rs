@@ -175,67 +175,18 @@ fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<mnema_core::Error
         return Some(e.kind());
     }
     if let Some(e) = e.downcast_ref::<mnema_ingest::IngestError>() {
-        return match e {
-            mnema_ingest::IngestError::Model(x) => Some(x.kind()),
-            mnema_ingest::IngestError::Store(s) => Some(store_kind(s)),
-            #[allow(unreachable_patterns)]
-            _ => None,
-        };
+        return Some(e.kind());
     }
     if let Some(e) = e.downcast_ref::<mnema_search::SearchError>() {
-        return Some(match e {
-            mnema_search::SearchError::EmptyQuery => K::Input,
-            mnema_search::SearchError::NoEmbedder => K::ModelFile,
-            mnema_search::SearchError::Store(s) => store_kind(s),
-            mnema_search::SearchError::Engine(x) => x.kind(),
-            #[allow(unreachable_patterns)]
-            _ => K::Input,
-        });
+        return Some(e.kind());
     }
     if let Some(e) = e.downcast_ref::<mnema_store::StoreError>() {
-        return Some(store_kind(e));
-    }
-    if let Some(e) = e.downcast_ref::<rusqlite::Error>() {
-        return Some(sqlite_kind(e));
+        return Some(e.kind());
     }
     if let Some(e) = e.downcast_ref::<std::io::Error>() {
         return mnema_core::error::is_disk_full(e).then_some(K::DiskFull);
     }
     None
-}
-
-fn store_kind(e: &mnema_store::StoreError) -> mnema_core::ErrorKind {
-    use mnema_core::ErrorKind as K;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if let Some(s) = c.downcast_ref::<rusqlite::Error>() {
-            return sqlite_kind(s);
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if mnema_core::error::is_disk_full(io) {
-                return K::DiskFull;
-            }
-        }
-        cur = c.source();
-    }
-    // An unusable data directory or a store of another embedder: the user's to fix.
-    K::Input
-}
-
-/// SQLITE_FULL is a full disk; SQLITE_BUSY/LOCKED another writer; the rest a failure of ours.
-fn sqlite_kind(e: &rusqlite::Error) -> mnema_core::ErrorKind {
-    use mnema_core::ErrorKind as K;
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => K::DiskFull,
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => K::Busy,
-        Some(
-            rusqlite::ErrorCode::CannotOpen
-            | rusqlite::ErrorCode::PermissionDenied
-            | rusqlite::ErrorCode::ReadOnly
-            | rusqlite::ErrorCode::NotADatabase,
-        ) => K::Input,
-        _ => K::Internal,
-    }
 }
 
 /// Runs one command.

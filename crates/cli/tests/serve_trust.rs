@@ -603,3 +603,42 @@ fn ingest_jobs_queue_on_one_worker_and_finished_ones_are_pruned() {
     assert!(jobs <= 100, "{jobs} jobs kept");
     assert_eq!(srv.get(&format!("/api/jobs/{}", accepted[0])).status, 404);
 }
+
+/// Decoded pixels are charged to the memory budget before decoding, on `/api/ocr` and on
+/// thumbnails as in ingest: a 4000×4000 16-bit RGBA image (160 MB decoded and prepared: 8
+/// bytes a pixel, where counting 8-bit RGBA would say 96 MB) is refused under a 128 MiB
+/// budget with the reason, and served under the default one.
+#[test]
+fn decoding_on_the_api_is_charged_to_the_budget() {
+    let env = Env::new();
+    let big = env.dir.path().join("pics").join("big.png");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    assert!(Command::new("convert")
+        .args(["-size", "4000x4000", "xc:white", "-fill", "black", "-pointsize", "160", "-annotate", "+200+400", "Budget of pixels"])
+        .args(["-alpha", "on"])
+        .args(["-depth", "16"])
+        .arg(format!("PNG64:{}", big.display()))
+        .status()
+        .unwrap()
+        .success());
+    let o = env.cmd().args(["--json", "ingest"]).arg(&big).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = serde_json::from_slice::<Value>(o.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap()["id"].as_i64().unwrap();
+    let bytes = std::fs::read(&big).unwrap();
+
+    let small = Server::start(&env, &["--memory-budget", "128MiB"], &[]).unwrap();
+    let r = small.req("POST", "/api/ocr?engines=tesseract", &[OCTETS], &bytes);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("memory budget"), "{}", r.error());
+    let r = small.get(&format!("/api/files/{id}?thumb=1"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("memory budget"), "{}", r.error());
+    // The original bytes are still served: only decoding is charged.
+    assert_eq!(small.get(&format!("/api/files/{id}")).status, 200);
+    drop(small);
+
+    let srv = Server::start(&env, &[], &[]).unwrap();
+    let r = srv.get(&format!("/api/files/{id}?thumb=1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.starts_with(b"\x89PNG"));
+}

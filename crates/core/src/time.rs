@@ -22,6 +22,16 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Days in month `m` (1–12) of year `y` (proleptic Gregorian).
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM[:SS]` (UTC) or plain Unix seconds.
 pub fn parse(s: &str) -> Result<i64, String> {
     let err = || format!("invalid time '{s}' (use YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS or Unix seconds)");
@@ -36,7 +46,7 @@ pub fn parse(s: &str) -> Result<i64, String> {
     let parts: Vec<i64> = date.split('-').map(field).collect::<Result<_, _>>()?;
     let [y, m, d] = parts[..] else { return Err(err()) };
     // Years are four digits: beyond them the day count would overflow.
-    if !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=days_in_month(y, m)).contains(&d) {
         return Err(err());
     }
     let mut secs = 0;
@@ -79,6 +89,18 @@ mod tests {
     /// Found writing the query_parse fuzz target: a year past i64's range of days overflowed (a panic in a
     /// checked build, a wrong time otherwise), and negative or signed fields were accepted
     /// ("2026-01-01T-5:00" was five hours before midnight).
+    #[test]
+    fn refuses_days_the_month_lacks() {
+        for s in ["2026-02-29", "2026-02-31", "2026-04-31", "1900-02-29", "2026-11-31"] {
+            assert!(super::parse(s).is_err(), "{s} was accepted");
+        }
+        for s in ["2024-02-29", "2000-02-29", "2026-01-31", "2026-12-31", "2026-04-30"] {
+            assert!(super::parse(s).is_ok(), "{s} was refused");
+        }
+        // Before the fix 2026-02-31 was silently 2026-03-03.
+        assert_eq!(super::parse("2026-03-03").unwrap() - super::parse("2026-02-28").unwrap(), 3 * 86_400);
+    }
+
     #[test]
     fn refuses_out_of_range_and_signed_fields() {
         for s in ["99999999999999999-01-01", "9223372036854775807-12-31", "10000-01-01", "-5-01-01", "+2026-01-01", "2026-+1-01"] {

@@ -82,10 +82,7 @@ impl HfTokenizer {
 
 impl TokenCounter for HfTokenizer {
     fn token_offsets(&self, text: &str) -> mnema_engine::Result<Vec<(usize, usize)>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| ExtractError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+        let enc = self.inner.encode(text, false).map_err(|e| ExtractError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
         Ok(enc.get_offsets().to_vec())
     }
 }

@@ -73,22 +73,45 @@ fn check_size(w: u32, h: u32) -> Result<()> {
     Ok(())
 }
 
-/// An image's width and height from its header alone (no pixel is decoded), for charging
-/// its decoded size to the memory budget before decoding. EXIF rotation is not applied (it
-/// does not change the pixel count).
-pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+/// What decoding an image holds in memory, read from its header alone (no pixel is
+/// decoded), to charge it to the memory budget first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeCost {
+    /// Pixels of the image.
+    pub pixels: u64,
+    /// Bytes held at the peak of decoding and preparing it: the decoded image in its own
+    /// sample format (16-bit RGBA is 8 bytes a pixel, 32-bit float RGB 12), a rotated copy
+    /// when EXIF orientation turns it, its grey copy and the prepared page.
+    pub bytes: u64,
+}
+
+impl DecodeCost {
+    fn of(w: u32, h: u32, bytes_per_pixel: u64, turned: bool) -> DecodeCost {
+        let pixels = u64::from(w) * u64::from(h);
+        DecodeCost { pixels, bytes: pixels * (bytes_per_pixel * if turned { 2 } else { 1 } + 2) }
+    }
+}
+
+/// The [`DecodeCost`] of image bytes.
+pub fn decode_cost(bytes: &[u8]) -> Result<DecodeCost> {
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
-    reader.into_dimensions().map_err(|e| bad(format!("corrupt image: {e}")))
+    cost_of(reader)
 }
 
-/// [`dimensions`] of a file, reading only as much of it as the header takes.
-pub fn file_dimensions(path: &Path) -> Option<(u32, u32)> {
-    ImageReader::open(path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()
+/// The [`DecodeCost`] of an image file, reading only as much of it as the header takes.
+pub fn file_decode_cost(path: &Path) -> Option<DecodeCost> {
+    cost_of(ImageReader::open(path).ok()?.with_guessed_format().ok()?).ok()
 }
 
-/// Bytes held per pixel while an image is decoded and prepared: the decoded image (up to
-/// RGBA, 4), its grey copy for hashing and OCR (1) and the prepared page (1).
-pub const DECODE_BYTES_PER_PIXEL: u64 = 6;
+fn cost_of<R: std::io::BufRead + std::io::Seek>(reader: ImageReader<R>) -> Result<DecodeCost> {
+    if reader.format().is_none() {
+        return Err(bad("not an image this build can read"));
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| bad(format!("corrupt image: {e}")))?;
+    let (w, h) = decoder.dimensions();
+    let turned = decoder.orientation().is_ok_and(|o| o != image::metadata::Orientation::NoTransforms);
+    Ok(DecodeCost::of(w, h, u64::from(decoder.color_type().bytes_per_pixel()), turned))
+}
 
 /// Side of the square tiles [`differing_tiles`] compares, in pixels.
 pub const TILE: u32 = 32;
@@ -178,6 +201,32 @@ pub fn prepare_for_ocr(img: &DynamicImage) -> (GrayImage, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The charge follows the decoded sample format: a 16-bit RGBA PNG holds 8 bytes a
+    /// pixel once decoded, twice an 8-bit one's 4, and both are at least what decoding holds.
+    #[test]
+    fn decode_cost_follows_the_sample_format() {
+        let encode = |img: DynamicImage| {
+            let mut out = Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+            out.into_inner()
+        };
+        let rgba8 = encode(DynamicImage::new_rgba8(300, 200));
+        let rgba16 = encode(DynamicImage::new_rgba16(300, 200));
+        let grey = encode(DynamicImage::new_luma8(300, 200));
+        let c8 = decode_cost(&rgba8).unwrap();
+        let c16 = decode_cost(&rgba16).unwrap();
+        assert_eq!(c8.pixels, 60_000);
+        assert_eq!(c8.bytes, 60_000 * (4 + 2));
+        assert_eq!(c16.bytes, 60_000 * (8 + 2));
+        assert_eq!(decode_cost(&grey).unwrap().bytes, 60_000 * (1 + 2));
+        for (bytes, cost) in [(&rgba8, c8), (&rgba16, c16)] {
+            let img = decode_bytes(bytes, "png").unwrap();
+            let held = img.as_bytes().len() as u64 + 2 * u64::from(img.width() * img.height());
+            assert!(held <= cost.bytes, "decoding holds {held} bytes, charged {}", cost.bytes);
+        }
+        assert!(decode_cost(b"not an image").is_err());
+    }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = DynamicImage::new_luma8(w, h);

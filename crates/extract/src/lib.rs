@@ -17,7 +17,7 @@ pub mod vad;
 pub mod whisper;
 
 pub use embed::load_embedder;
-pub use mnema_engine::{chunk, EngineError, Embedder, Role, TokenCounter};
+pub use mnema_engine::{chunk, Embedder, EngineError, Role, TokenCounter};
 
 use std::path::PathBuf;
 

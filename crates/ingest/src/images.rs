@@ -13,7 +13,7 @@
 
 use super::*;
 use image::GrayImage;
-use mnema_extract::image::{decode_bytes, dhash, differing_tiles, dimensions, prepare_for_ocr, DECODE_BYTES_PER_PIXEL};
+use mnema_extract::image::{decode_bytes, decode_cost, dhash, differing_tiles, prepare_for_ocr, DecodeCost};
 
 /// Hashes within this many bits are near-duplicate candidates.
 const NEAR_BITS: u32 = 4;
@@ -98,43 +98,43 @@ impl Ingester<'_> {
         }
         // The pixels are charged before any is decoded: the prepared pages kept for the
         // batch, and the full decode of as many images as run at once.
-        let mut pixels: Vec<u64> =
-            changed.iter().map(|(_, b, _, _)| dimensions(b).map_or(0, |(w, h)| u64::from(w) * u64::from(h))).collect();
+        let mut costs: Vec<DecodeCost> = changed.iter().map(|(_, b, _, _)| decode_cost(b).unwrap_or_default()).collect();
         // An image that cannot be decoded within the whole budget is refused on its own; the
         // rest of the batch then always fits (batches hold at most an eighth of the budget).
         let budget = self.models.budget();
         let mut kept_changed = Vec::with_capacity(changed.len());
-        let mut kept_pixels = Vec::with_capacity(pixels.len());
-        for (c, px) in changed.into_iter().zip(pixels) {
-            let need = px * (DECODE_BYTES_PER_PIXEL + 1);
+        let mut kept_costs = Vec::with_capacity(costs.len());
+        for (c, cost) in changed.into_iter().zip(costs) {
+            let need = cost.bytes + cost.pixels;
             if need > budget {
                 let reason = format!(
-                    "needs {} of memory to decode ({px} pixels), more than the memory budget leaves for it ({}); raise --memory-budget",
+                    "needs {} of memory to decode ({} pixels), more than the memory budget leaves for it ({}); raise --memory-budget",
                     mnema_core::ByteSize(need),
+                    cost.pixels,
                     mnema_core::ByteSize(budget)
                 );
                 done(Outcome::failed(c.0.to_path_buf(), Some(Kind::Image), reason), out);
             } else {
                 kept_changed.push(c);
-                kept_pixels.push(px);
+                kept_costs.push(cost);
             }
         }
         let mut changed = kept_changed;
-        pixels = kept_pixels;
+        costs = kept_costs;
         // The embedder is let go first, so the budget can evict it for the pixels and the OCR
         // engines (it is reloaded for the text after).
         self.embedder = None;
         // As many decode at once as the budget holds beside the kept pages (at least one).
-        let largest = pixels.iter().copied().max().unwrap_or(0).max(1);
-        let kept: u64 = pixels.iter().sum();
-        let room = self.models.budget().saturating_sub(kept) / (largest * DECODE_BYTES_PER_PIXEL);
+        let largest = costs.iter().map(|c| c.bytes).max().unwrap_or(0).max(1);
+        let kept: u64 = costs.iter().map(|c| c.pixels).sum();
+        let room = self.models.budget().saturating_sub(kept) / largest;
         let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
         // The prepared pages stay charged until the batch is read; the full decodes only while
         // they run, so the comparisons and the OCR engines get that room back.
         let _pages = budget::reserve(self.models, "prepared pages", kept)?;
         let mut decoded = Vec::with_capacity(changed.len());
         {
-            let _decoding = budget::reserve(self.models, "image decoding", at_once as u64 * largest * DECODE_BYTES_PER_PIXEL)?;
+            let _decoding = budget::reserve(self.models, "image decoding", at_once as u64 * largest)?;
             for group in changed.chunks(at_once) {
                 let _s = stage("decode");
                 decoded.par_extend(group.par_iter().map(|(path, bytes, _, _)| {
@@ -299,12 +299,12 @@ impl Ingester<'_> {
         if mnema_models::catalog::hex(&Sha256::digest(&bytes)) != sha {
             return Ok(Compared::Different);
         }
-        let px = dimensions(&bytes).map_or(0, |(w, h)| u64::from(w) * u64::from(h));
-        if px != u64::from(page.0.width()) * u64::from(page.0.height()) {
+        let cost = decode_cost(&bytes).unwrap_or_default();
+        if cost.pixels != u64::from(page.0.width()) * u64::from(page.0.height()) {
             return Ok(Compared::Different);
         }
         let other = {
-            let _pixels = budget::reserve(self.models, "image comparison", px * DECODE_BYTES_PER_PIXEL)?;
+            let _pixels = budget::reserve(self.models, "image comparison", cost.bytes)?;
             let _s = stage("decode");
             match decode_bytes(&bytes, "") {
                 Ok(img) => prepare_for_ocr(&img),

@@ -9,11 +9,11 @@
 use mnema_core::profile::stage;
 use mnema_core::{Chunk, Config, Kind};
 use mnema_engine::chunk::{chunk_text, ChunkSpec};
+use mnema_engine::{Embedder, Role};
 use mnema_extract::note::io_reason;
 use mnema_extract::ocr::{join_lines, EngineOptions, OcrPool};
 use mnema_extract::vad::Vad;
 use mnema_extract::whisper::{parse_language, TranscribeOptions, Transcript, Whisper};
-use mnema_engine::{Embedder, Role};
 use mnema_extract::{load_embedder, ExtractError};
 use mnema_models::manager::ModelManager;
 use mnema_store::{CopyMeta, NewItem, Store};
@@ -108,6 +108,17 @@ pub enum IngestError {
     /// An engine failed while running.
     #[error(transparent)]
     Engine(#[from] mnema_engine::EngineError),
+}
+
+impl IngestError {
+    /// What sort of failure this is: the store's or the model's own kind.
+    pub fn kind(&self) -> mnema_core::ErrorKind {
+        match self {
+            IngestError::Store(e) => e.kind(),
+            IngestError::Model(e) => e.kind(),
+            IngestError::Engine(e) => e.kind(),
+        }
+    }
 }
 
 /// A file read and cut into chunks, waiting for its vectors.
@@ -292,7 +303,7 @@ impl<'a> Ingester<'a> {
         while !queue.is_empty() {
             let (mut n, mut pixels) = (0, 0u64);
             while n < queue.len().min(MAX_IMAGE_BATCH) {
-                let px = mnema_extract::image::file_dimensions(queue[n]).map_or(0, |(w, h)| u64::from(w) * u64::from(h));
+                let px = mnema_extract::image::file_decode_cost(queue[n]).map_or(0, |c| c.pixels);
                 if n > 0 && pixels + px > batch_pixels {
                     break;
                 }

@@ -5,7 +5,7 @@
 #![deny(missing_docs)]
 
 use mnema_core::{text, Filters, Hit, SearchMode};
-use mnema_engine::{EngineError, Embedder, Role};
+use mnema_engine::{Embedder, EngineError, Role};
 use mnema_store::{ChunkRow, Store};
 use std::collections::{HashMap, HashSet};
 
@@ -41,6 +41,19 @@ pub enum SearchError {
     /// Semantic search was asked for without a model.
     #[error("semantic search needs the embedding model: run scripts/setup.sh")]
     NoEmbedder,
+}
+
+impl SearchError {
+    /// What sort of failure this is (an empty query is the user's input; a missing model a
+    /// model file; the store's and the embedder's errors keep their own kinds).
+    pub fn kind(&self) -> mnema_core::ErrorKind {
+        match self {
+            SearchError::EmptyQuery => mnema_core::ErrorKind::Input,
+            SearchError::NoEmbedder => mnema_core::ErrorKind::ModelFile,
+            SearchError::Store(e) => e.kind(),
+            SearchError::Engine(e) => e.kind(),
+        }
+    }
 }
 
 /// Runs a query. `embedder` is needed for semantic and hybrid modes (hybrid falls back to

@@ -214,13 +214,13 @@ impl ApiError {
 
 impl From<mnema_store::StoreError> for ApiError {
     fn from(e: mnema_store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        ApiError::of_kind(e.kind(), e.to_string())
     }
 }
 
 impl From<mnema_search::SearchError> for ApiError {
     fn from(e: mnema_search::SearchError) -> Self {
-        ApiError::Internal(e.to_string())
+        ApiError::of_kind(e.kind(), e.to_string())
     }
 }
 
@@ -469,6 +469,8 @@ async fn file(
             if item.kind != Kind::Image {
                 return Err(ApiError::BadRequest(format!("item {id} is not an image")));
             }
+            let cost = mnema_extract::image::file_decode_cost(&path).unwrap_or_default();
+            let _decoding = reserve_decode(&st, &format!("thumbnail of item {id}"), cost.bytes)?;
             let img = mnema_extract::image::decode_image(&path, 256 << 20).map_err(|e| ApiError::Internal(e.to_string()))?;
             let t = img.thumbnail(320, 320);
             let mut out = std::io::Cursor::new(Vec::new());
@@ -918,6 +920,21 @@ async fn models(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value
     Ok(Json(serde_json::json!({ "models_dir": st.config.models_dir, "models": crate::wire::models(statuses, false) })))
 }
 
+/// Charges `bytes` of decoded pixels for `what` to the memory budget (waiting a little for
+/// memory in use). An image that could not be decoded within the whole budget is the
+/// request's fault (400), a budget taken for now a 429.
+fn reserve_decode(st: &State, what: &str, bytes: u64) -> ApiResult<mnema_models::manager::Reservation> {
+    let budget = st.models.budget();
+    if bytes > budget {
+        return Err(ApiError::BadRequest(format!(
+            "{what} needs {} of memory, more than the memory budget ({}); raise --memory-budget",
+            mnema_core::ByteSize(bytes),
+            mnema_core::ByteSize(budget)
+        )));
+    }
+    st.models.reserve_within(what, bytes, std::time::Duration::from_secs(10)).map_err(|e| ApiError::of_kind(e.kind(), e.to_string()))
+}
+
 async fn ocr_engines(AxState(st): AxState<State>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "engines": mnema_extract::ocr::engines_in(&st.config.models_dir) }))
 }
@@ -935,9 +952,20 @@ async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, head
     let permit = heavy_permit(&st)?;
     let tmp = body_to_file(&st, &headers, body, "").await?;
     let limit = st.opts.max_upload;
-    let img =
-        blocking(move || mnema_extract::image::decode_image(tmp.path(), limit).map_err(|e| ApiError::BadRequest(e.to_string()))).await?;
-    let prepared = mnema_extract::image::prepare_for_ocr(&img);
+    let st2 = st.clone();
+    // The decoded pixels are charged to the budget before decoding (from the header), and the
+    // prepared page for as long as the engines read it.
+    let (prepared, page) = blocking(move || {
+        let cost = mnema_extract::image::file_decode_cost(tmp.path()).unwrap_or_default();
+        let decoding = reserve_decode(&st2, "decoding the uploaded image", cost.bytes)?;
+        let img = mnema_extract::image::decode_image(tmp.path(), limit).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let prepared = mnema_extract::image::prepare_for_ocr(&img);
+        drop(img);
+        drop(decoding);
+        let page = reserve_decode(&st2, "the prepared page", u64::from(prepared.0.width()) * u64::from(prepared.0.height()))?;
+        Ok::<_, ApiError>((prepared, page))
+    })
+    .await?;
     let all = mnema_extract::ocr::engines_in(&st.config.models_dir);
     let wanted: Vec<&'static str> = match p.engines.as_deref().unwrap_or("all") {
         "all" => all.iter().filter(|e| e.available).map(|e| e.name).collect(),
@@ -956,6 +984,7 @@ async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, head
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(8);
     std::thread::spawn(move || {
         let _permit = permit;
+        let _page = page;
         for name in wanted {
             let per = all.iter().find(|e| e.name == name).map_or(80 << 20, |e| e.memory);
             let t0 = Instant::now();

@@ -32,6 +32,17 @@ pub enum StoreError {
     /// The vector index failed.
     #[error("vector index: {0}")]
     Index(String),
+    /// A file of the vector index could not be read or written.
+    #[error("vector index: {what} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("cannot write", "cannot remove"…).
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Vectors of another model or size than the store holds.
     #[error("this store holds {have} vectors; cannot mix in {got}: use `--home` for another store or re-ingest into a fresh one")]
     EmbedderMismatch {
@@ -40,6 +51,41 @@ pub enum StoreError {
         /// What was offered.
         got: String,
     },
+}
+
+impl StoreError {
+    /// What sort of failure this is: a full disk (SQLite's or the index file's) is
+    /// [`DiskFull`](mnema_core::ErrorKind::DiskFull), another writer holding the database
+    /// [`Busy`](mnema_core::ErrorKind::Busy), an unusable data directory or a store of
+    /// another embedder the user's [`Input`](mnema_core::ErrorKind::Input), the rest
+    /// [`Internal`](mnema_core::ErrorKind::Internal).
+    pub fn kind(&self) -> mnema_core::ErrorKind {
+        use mnema_core::ErrorKind as K;
+        match self {
+            StoreError::Sql { source, .. } => sqlite_kind(source),
+            StoreError::Io { source, .. } => K::of_io(source, K::Internal),
+            StoreError::Index(_) => K::Internal,
+            StoreError::Open(_) | StoreError::EmbedderMismatch { .. } => K::Input,
+        }
+    }
+}
+
+/// SQLITE_FULL (or an IO error saying ENOSPC) is a full disk; SQLITE_BUSY/LOCKED another
+/// writer; a file that cannot be opened, written or is not a database the user's to fix; the
+/// rest a failure of ours.
+pub fn sqlite_kind(e: &rusqlite::Error) -> mnema_core::ErrorKind {
+    use mnema_core::ErrorKind as K;
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => K::DiskFull,
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => K::Busy,
+        Some(
+            rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::PermissionDenied
+            | rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::NotADatabase,
+        ) => K::Input,
+        _ => K::Internal,
+    }
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -1069,4 +1115,48 @@ fn image_hash(item: &NewItem) -> Option<u64> {
 
 fn hash_bands(hash: u64) -> [String; 8] {
     std::array::from_fn(|b| format!("{:02x}", (hash >> (56 - 8 * b)) & 0xff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mnema_core::ErrorKind;
+
+    /// A database that cannot grow (SQLite's own "database or disk is full", raised here by
+    /// capping its page count) is reported as a full disk, not as an internal failure.
+    #[test]
+    fn a_full_database_is_a_full_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let pages: i64 = s.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        s.conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let text = "слово ".repeat(20_000);
+        let item = NewItem {
+            path: "/big.txt".into(),
+            kind: Kind::Note,
+            sha256: "0".repeat(64),
+            size: text.len() as u64,
+            mtime: 1,
+            meta: serde_json::json!({}),
+        };
+        let chunk = Chunk { seq: 0, text: text.clone(), start: 0, end: text.len() as u32, start_ms: None, end_ms: None };
+        let err = s.put_item(&item, &[chunk], &[vec![0.5; 4]], "test-4").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DiskFull, "{err}");
+        // Nothing half-written stays behind once the cap is lifted.
+        s.conn.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        assert!(s.item_by_path("/big.txt").unwrap().is_none());
+    }
+
+    #[test]
+    fn error_kinds_of_the_store() {
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+        assert_eq!(sqlite_kind(&busy), ErrorKind::Busy);
+        let not_db = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB), None);
+        assert_eq!(sqlite_kind(&not_db), ErrorKind::Input);
+        let io = StoreError::Io { what: "cannot write".into(), path: "/x".into(), source: std::io::Error::from_raw_os_error(28) };
+        assert_eq!(io.kind(), ErrorKind::DiskFull);
+        let denied = StoreError::Io { what: "cannot write".into(), path: "/x".into(), source: std::io::Error::from_raw_os_error(13) };
+        assert_eq!(denied.kind(), ErrorKind::Internal);
+        assert_eq!(StoreError::EmbedderMismatch { have: "a".into(), got: "b".into() }.kind(), ErrorKind::Input);
+    }
 }

@@ -58,7 +58,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
-    StoreError::Index(format!("{what} {}: {e}", path.display()))
+    StoreError::Io { what: what.to_string(), path: path.to_path_buf(), source: e }
 }
 
 /// What `vectors.usearch.gen` records about the index file beside it.
@@ -321,6 +321,7 @@ impl VectorIndex {
                 }
             }
         }
+        remove_leftovers(&path);
         // Invalidate first: a crash between the writes leaves no marker, never a marker
         // beside an index it does not describe.
         match std::fs::remove_file(gen_path(&path)) {
@@ -367,6 +368,23 @@ fn unique_tmp(p: &Path) -> PathBuf {
     p.with_file_name(name)
 }
 
+/// Removes the temporary files of saves that were killed before their rename (under the
+/// lock no save is writing one, so every such file is a leftover).
+fn remove_leftovers(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefixes = [format!("{name}.tmp."), format!("{name}.gen.tmp.")];
+    for e in entries.flatten() {
+        let f = e.file_name();
+        if f.to_str().is_some_and(|f| prefixes.iter().any(|p| f.starts_with(p.as_str()))) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!("removed {}, left by an interrupted save", e.path().display()),
+                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 fn gen_path(p: &Path) -> PathBuf {
     p.with_extension("usearch.gen")
 }
@@ -379,4 +397,34 @@ pub fn to_blob(v: &[f32]) -> Vec<u8> {
 /// Decodes a `chunks.vector` blob.
 pub fn from_blob(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A save killed between writing its temporary file and renaming it leaves the file
+    /// behind; the next save removes it (and only such files).
+    #[test]
+    fn a_save_removes_what_killed_saves_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vectors.usearch");
+        let left = [dir.path().join("vectors.usearch.tmp.4242.0"), dir.path().join("vectors.usearch.gen.tmp.4242.1")];
+        for f in &left {
+            std::fs::write(f, b"half").unwrap();
+        }
+        let keep = dir.path().join("vectors.usearch.tmpfile-of-someone-else");
+        std::fs::write(&keep, b"x").unwrap();
+        let mut v = VectorIndex::new(4, Some(&path), 1, "n").unwrap();
+        v.add(1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        v.save("store", false).unwrap();
+        for f in &left {
+            assert!(!f.exists(), "{} is still there", f.display());
+        }
+        assert!(keep.exists());
+        assert!(path.exists() && gen_path(&path).exists());
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp.")), "{names:?}");
+    }
 }

@@ -3,7 +3,7 @@
 use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::{bail, Result};
-use mnema_extract::image::{decode_image, file_dimensions, prepare_for_ocr, DECODE_BYTES_PER_PIXEL};
+use mnema_extract::image::{decode_image, file_decode_cost, prepare_for_ocr, DecodeCost};
 use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrPool};
 use mnema_server::wire::OcrOut;
 use rayon::prelude::*;
@@ -66,22 +66,21 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     // Images go in batches bounded by their pixels (read from each header), and within a
     // batch as many decode at once as the budget holds: decoded pages never outgrow
     // --memory-budget however many images are named.
-    let pixels = |p: &PathBuf| file_dimensions(p).map_or(0, |(w, h)| u64::from(w) * u64::from(h));
     let cap = (ctx.models.budget() / 8).max(1);
-    let mut batches: Vec<Vec<(&PathBuf, u64)>> = vec![Vec::new()];
+    let mut batches: Vec<Vec<(&PathBuf, DecodeCost)>> = vec![Vec::new()];
     for p in &a.images {
-        let px = pixels(p);
+        let cost = file_decode_cost(p).unwrap_or_default();
         let last = batches.last_mut().expect("one batch at least");
-        if !last.is_empty() && (last.iter().map(|b| b.1).sum::<u64>() + px > cap || last.len() >= 32) {
-            batches.push(vec![(p, px)]);
+        if !last.is_empty() && (last.iter().map(|b| b.1.pixels).sum::<u64>() + cost.pixels > cap || last.len() >= 32) {
+            batches.push(vec![(p, cost)]);
         } else {
-            last.push((p, px));
+            last.push((p, cost));
         }
     }
     for (round, name) in names.iter().copied().enumerate() {
         for batch in &batches {
-            let largest = batch.iter().map(|b| b.1).max().unwrap_or(0).max(1);
-            let room = ctx.models.budget().saturating_sub(batch.iter().map(|b| b.1).sum()) / (largest * DECODE_BYTES_PER_PIXEL);
+            let largest = batch.iter().map(|b| b.1.bytes).max().unwrap_or(0).max(1);
+            let room = ctx.models.budget().saturating_sub(batch.iter().map(|b| b.1.pixels).sum()) / largest;
             let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
             // The engine starts while the first batch decodes (its load is a few tenths of a
             // second that would otherwise come before any recognition); a failure shows below.
