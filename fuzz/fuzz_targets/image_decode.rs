@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mnema_extract::image::{decode_bytes, dhash, prepare_for_ocr, MAX_PIXELS, MAX_SIDE, MIN_SIDE};
+use mnema_extract::image::{decode_bytes, dhash, prepare_for_ocr, Preprocess, MAX_PIXELS, MAX_SIDE, MIN_SIDE};
 
 const EXTS: [&str; 4] = ["png", "jpg", "heic", ""];
 const MODES: [&str; 4] = ["none", "invert", "upscale", "all"];
@@ -16,9 +16,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(w <= MAX_SIDE && h <= MAX_SIDE && w as u64 * h as u64 <= MAX_PIXELS, "{w}×{h} passed the size limits");
     assert!(w >= MIN_SIDE && h >= MIN_SIDE, "{w}×{h} passed the minimum size");
     let _ = dhash(&img);
-    // The preprocessing mode is read from the environment on each call.
-    std::env::set_var("MNEMA_OCR_PREPROCESS", MODES[(data.len() / 4) % MODES.len()]);
-    let (g, scale) = prepare_for_ocr(&img);
+    let (g, scale) = prepare_for_ocr(&img, Preprocess::from_setting(MODES[(data.len() / 4) % MODES.len()]));
     assert!(scale == 1.0 || scale == 2.0, "scale {scale}");
     assert_eq!((g.width(), g.height()), ((w as f32 * scale) as u32, (h as f32 * scale) as u32));
 });

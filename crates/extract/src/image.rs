@@ -170,28 +170,45 @@ pub fn dhash(img: &DynamicImage) -> u64 {
     h
 }
 
+/// The steps that prepare a page for OCR (`MNEMA_OCR_PREPROCESS`, read into
+/// `Config::ocr_preprocess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preprocess {
+    /// Invert mostly dark pages (dark themes).
+    pub invert: bool,
+    /// Enlarge small pages 2×.
+    pub upscale: bool,
+}
+
+impl Preprocess {
+    /// The default: invert dark pages, no enlarging.
+    pub const DEFAULT: Preprocess = Preprocess { invert: true, upscale: false };
+
+    /// From a setting (`none`, `invert`, `upscale`, `all`; the value is checked at start by
+    /// `Config::resolve`, anything else is the default).
+    pub fn from_setting(s: &str) -> Preprocess {
+        match s {
+            "none" => Preprocess { invert: false, upscale: false },
+            "upscale" => Preprocess { invert: false, upscale: true },
+            "all" => Preprocess { invert: true, upscale: true },
+            _ => Preprocess::DEFAULT,
+        }
+    }
+}
+
 /// Grayscale for OCR, inverted when the image is mostly dark, and the scale factor applied.
 ///
 /// Kept by measurement (`bench/ocr.sh`, 60 generated screenshots): inverting dark themes
 /// makes Tesseract 1.4× faster (it otherwise retries dark lines inverted itself) at the same
 /// error rate; enlarging small images 2× *doubled* the character error rate on 13-16 px text
-/// (0.0057 → 0.0134), so it is off by default. `MNEMA_OCR_PREPROCESS=none|invert|upscale|all`
-/// chooses the steps (default `invert`).
-pub fn prepare_for_ocr(img: &DynamicImage) -> (GrayImage, f32) {
-    let mode = std::env::var("MNEMA_OCR_PREPROCESS").unwrap_or_default();
-    let (invert, upscale) = match mode.as_str() {
-        "none" => (false, false),
-        "invert" => (true, false),
-        "upscale" => (false, true),
-        "all" => (true, true),
-        _ => (true, false),
-    };
+/// (0.0057 → 0.0134), so it is off by default.
+pub fn prepare_for_ocr(img: &DynamicImage, steps: Preprocess) -> (GrayImage, f32) {
     let mut g = img.to_luma8();
     let mean = g.pixels().map(|p| p[0] as u64).sum::<u64>() / (g.width() as u64 * g.height() as u64).max(1);
-    if invert && mean < 110 {
+    if steps.invert && mean < 110 {
         image::imageops::invert(&mut g);
     }
-    if upscale && g.height().min(g.width()) < 400 {
+    if steps.upscale && g.height().min(g.width()) < 400 {
         let g2 = image::imageops::resize(&g, g.width() * 2, g.height() * 2, image::imageops::FilterType::CatmullRom);
         return (g2, 2.0);
     }
@@ -268,12 +285,12 @@ mod tests {
     #[test]
     fn dark_images_are_inverted_and_kept_at_their_size() {
         let dark = DynamicImage::new_luma8(100, 50);
-        let (g, scale) = prepare_for_ocr(&dark);
+        let (g, scale) = prepare_for_ocr(&dark, Preprocess::DEFAULT);
         assert_eq!(scale, 1.0);
         assert_eq!(g.dimensions(), (100, 50));
         assert_eq!(g.get_pixel(0, 0)[0], 255);
         let light = DynamicImage::ImageLuma8(GrayImage::from_pixel(100, 50, image::Luma([230])));
-        assert_eq!(prepare_for_ocr(&light).0.get_pixel(0, 0)[0], 230);
+        assert_eq!(prepare_for_ocr(&light, Preprocess::DEFAULT).0.get_pixel(0, 0)[0], 230);
         let a = DynamicImage::ImageLuma8(GrayImage::from_fn(64, 64, |x, _| image::Luma([(x * 4) as u8])));
         let b = DynamicImage::ImageLuma8(GrayImage::from_fn(64, 64, |x, y| image::Luma([(x * 4) as u8 ^ u8::from(x == 3 && y == 3)])));
         let c = DynamicImage::ImageLuma8(GrayImage::from_fn(64, 64, |x, _| image::Luma([255 - (x * 4) as u8])));

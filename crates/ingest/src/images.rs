@@ -13,7 +13,7 @@
 
 use super::*;
 use image::GrayImage;
-use mnema_extract::image::{decode_bytes, decode_cost, dhash, differing_tiles, prepare_for_ocr, DecodeCost};
+use mnema_extract::image::{decode_bytes, decode_cost, dhash, differing_tiles, prepare_for_ocr, DecodeCost, Preprocess};
 
 /// Hashes within this many bits are near-duplicate candidates.
 const NEAR_BITS: u32 = 4;
@@ -129,6 +129,7 @@ impl Ingester<'_> {
         let kept: u64 = costs.iter().map(|c| c.pixels).sum();
         let room = self.models.budget().saturating_sub(kept) / largest;
         let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
+        let steps = Preprocess::from_setting(&self.config.ocr_preprocess);
         // The prepared pages stay charged until the batch is read; the full decodes only while
         // they run, so the comparisons and the OCR engines get that room back.
         let _pages = budget::reserve(self.models, "prepared pages", kept)?;
@@ -139,7 +140,7 @@ impl Ingester<'_> {
                 let _s = stage("decode");
                 decoded.par_extend(group.par_iter().map(|(path, bytes, _, _)| {
                     decode_bytes(bytes, path.extension().and_then(|e| e.to_str()).unwrap_or("")).map(|img| {
-                        let prepared = prepare_for_ocr(&img);
+                        let prepared = prepare_for_ocr(&img, steps);
                         ((img.width(), img.height()), dhash(&img), prepared)
                     })
                 }));
@@ -307,7 +308,7 @@ impl Ingester<'_> {
             let _pixels = budget::reserve(self.models, "image comparison", cost.bytes)?;
             let _s = stage("decode");
             match decode_bytes(&bytes, "") {
-                Ok(img) => prepare_for_ocr(&img),
+                Ok(img) => prepare_for_ocr(&img, Preprocess::from_setting(&self.config.ocr_preprocess)),
                 Err(_) => return Ok(Compared::Different),
             }
         };

@@ -959,7 +959,7 @@ async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, head
         let cost = mnema_extract::image::file_decode_cost(tmp.path()).unwrap_or_default();
         let decoding = reserve_decode(&st2, "decoding the uploaded image", cost.bytes)?;
         let img = mnema_extract::image::decode_image(tmp.path(), limit).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let prepared = mnema_extract::image::prepare_for_ocr(&img);
+        let prepared = mnema_extract::image::prepare_for_ocr(&img, mnema_extract::image::Preprocess::from_setting(&st2.config.ocr_preprocess));
         drop(img);
         drop(decoding);
         let page = reserve_decode(&st2, "the prepared page", u64::from(prepared.0.width()) * u64::from(prepared.0.height()))?;

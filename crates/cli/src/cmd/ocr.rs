@@ -3,7 +3,7 @@
 use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::{bail, Result};
-use mnema_extract::image::{decode_image, file_decode_cost, prepare_for_ocr, DecodeCost};
+use mnema_extract::image::{decode_image, file_decode_cost, prepare_for_ocr, DecodeCost, Preprocess};
 use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrPool};
 use mnema_server::wire::OcrOut;
 use rayon::prelude::*;
@@ -77,6 +77,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             last.push((p, cost));
         }
     }
+    let steps = Preprocess::from_setting(&ctx.config.ocr_preprocess);
     for (round, name) in names.iter().copied().enumerate() {
         for batch in &batches {
             let largest = batch.iter().map(|b| b.1.bytes).max().unwrap_or(0).max(1);
@@ -89,7 +90,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
                 let _s = mnema_core::profile::stage("decode");
                 let mut out = Vec::with_capacity(batch.len());
                 for group in batch.chunks(at_once) {
-                    out.par_extend(group.par_iter().map(|(p, _)| decode_image(p, 256 << 20).map(|img| prepare_for_ocr(&img))));
+                    out.par_extend(group.par_iter().map(|(p, _)| decode_image(p, 256 << 20).map(|img| prepare_for_ocr(&img, steps))));
                 }
                 out
             });

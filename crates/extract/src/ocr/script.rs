@@ -237,7 +237,7 @@ pub(super) mod tests {
             c.args(["-annotate", &format!("+30+{}", 20 + size as usize + i * size as usize * 2), l]);
         }
         assert!(c.arg(&path).status().expect("ImageMagick's convert").success());
-        crate::image::prepare_for_ocr(&image::open(&path).unwrap()).0
+        crate::image::prepare_for_ocr(&image::open(&path).unwrap(), crate::image::Preprocess::DEFAULT).0
     }
 
     #[test]
