@@ -17,6 +17,7 @@ for f in "${files[@]}"; do
   printf '\n#[allow(dead_code)]\nconst REBUILD_PROBE: u64 = %s;\n' "$(date +%s%N)" >>"$f"
   out=$( { /usr/bin/time -f '%e %U %S' cargo build --release --locked -q; } 2>&1 | tail -n1)
   mv "$f.rebuild-time" "$f"; trap - EXIT
+  touch "$f"
   read -r wall user sys <<<"$out"
   printf '%-34s %8s %8.1f\n' "$f" "$wall" "$(echo "$user + $sys" | bc)"
 done

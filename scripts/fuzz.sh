@@ -17,6 +17,7 @@
 # Inputs that crash, time out (> 10 s) or exceed the memory limit (2 GiB RSS, or one allocation
 # over 2 GiB) are saved under .../work/<target>/artifacts; reproduce one with
 #   $MNEMA_FUZZ_TARGET_DIR/x86_64-unknown-linux-gnu/release/<target> <file>
+# (the build without the sanitizer is under $MNEMA_FUZZ_TARGET_DIR/no-sanitizer/).
 # Prints one line per target: executions, exec/s, peak RSS, new corpus entries, crashes,
 # timeouts, out-of-memory. Exits non-zero if any target crashed, timed out or ran out of memory.
 #
@@ -35,7 +36,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) runs=20000; max_time=30 ;;
     --runs) runs=$2; shift ;;
-    --jobs) jobs=$2; shift ;;
+    --jobs) jobs=$2; shift
+       [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "fuzz: --jobs takes a positive number" >&2; exit 2; } ;;
     --sanitizer) sanitizer=$2; shift
        case "$sanitizer" in address|none) ;; *) echo "fuzz: --sanitizer is address or none" >&2; exit 2 ;; esac ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
@@ -77,6 +79,7 @@ run_one() {
   [ "$sanitizer" = address ] && args+=(-malloc_limit_mb=2048)
   [ -f "fuzz/dict/$t.dict" ] && args+=(-dict="fuzz/dict/$t.dict")
   [ "$max_time" -gt 0 ] && args+=(-max_total_time="$max_time")
+  rm -f "$work/summary" "$work/verdict"
   local before; before=$(ls "$work/artifacts" | wc -l)
   local rc=0 t0; t0=$(date +%s)
   nice -n 19 "$bin/$t" "${args[@]}" "$work/corpus" "fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
@@ -101,6 +104,8 @@ run_one() {
 
 echo "fuzz: sanitizer $sanitizer, $jobs target(s) at a time" >&2
 printf '%-14s %10s %8s %9s %5s %7s %8s %4s %8s\n' target execs exec/s peak_rss new crashes timeouts oom time
+# A stopped script stops its fuzzers.
+trap 'kill $(jobs -p) 2>/dev/null; exit 130' INT TERM
 running=0
 for t in "${targets[@]}"; do
   if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
@@ -111,6 +116,9 @@ wait
 failed=0
 for t in "${targets[@]}"; do
   work=$workroot/$t
+  if [ ! -f "$work/verdict" ]; then
+    failed=1; echo "fuzz: $t did not finish (no verdict)" >&2; continue
+  fi
   cat "$work/summary"
   if [ -s "$work/verdict" ]; then failed=1; cat "$work/verdict" >&2; fi
 done

@@ -604,41 +604,48 @@ fn ingest_jobs_queue_on_one_worker_and_finished_ones_are_pruned() {
     assert_eq!(srv.get(&format!("/api/jobs/{}", accepted[0])).status, 404);
 }
 
-/// Decoded pixels are charged to the memory budget before decoding, on `/api/ocr` and on
-/// thumbnails as in ingest: a 4000×4000 16-bit RGBA image (160 MB decoded and prepared: 8
-/// bytes a pixel, where counting 8-bit RGBA would say 96 MB) is refused under a 128 MiB
-/// budget with the reason, and served under the default one.
+/// Decoded pixels are charged to the memory budget before decoding, by their sample format,
+/// on `/api/ocr` and on thumbnails as in ingest. Two 5000×5000 images differ only in sample
+/// depth: 8-bit RGBA holds 4 bytes a pixel decoded (~175 MB with the grey copies and the
+/// page), 16-bit 8 (~275 MB). Under a 300 MiB budget (about 215 MiB left beside mnema itself)
+/// the first is served and the second refused with the reason; under the default budget both.
 #[test]
 fn decoding_on_the_api_is_charged_to_the_budget() {
     let env = Env::new();
-    let big = env.dir.path().join("pics").join("big.png");
-    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
-    assert!(Command::new("convert")
-        .args(["-size", "4000x4000", "xc:white", "-fill", "black", "-pointsize", "160", "-annotate", "+200+400", "Budget of pixels"])
-        .args(["-alpha", "on"])
-        .args(["-depth", "16"])
-        .arg(format!("PNG64:{}", big.display()))
-        .status()
-        .unwrap()
-        .success());
-    let o = env.cmd().args(["--json", "ingest"]).arg(&big).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = serde_json::from_slice::<Value>(o.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap()["id"].as_i64().unwrap();
-    let bytes = std::fs::read(&big).unwrap();
+    let dir = env.dir.path().join("pics");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ids = Vec::new();
+    for (name, format) in [("eight.png", "PNG32"), ("sixteen.png", "PNG64")] {
+        let p = dir.join(name);
+        assert!(Command::new("convert")
+            .args(["-size", "5000x5000", "xc:white", "-fill", "black", "-pointsize", "160", "-annotate", "+200+400", "Budget of pixels"])
+            .args(["-alpha", "on", "-depth", if format == "PNG64" { "16" } else { "8" }])
+            .arg(format!("{format}:{}", p.display()))
+            .status()
+            .unwrap()
+            .success());
+        let o = env.cmd().args(["--json", "ingest"]).arg(&p).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        ids.push(serde_json::from_slice::<Value>(o.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap()["id"].as_i64().unwrap());
+    }
+    let sixteen = std::fs::read(dir.join("sixteen.png")).unwrap();
 
-    let small = Server::start(&env, &["--memory-budget", "128MiB"], &[]).unwrap();
-    let r = small.req("POST", "/api/ocr?engines=tesseract", &[OCTETS], &bytes);
+    let small = Server::start(&env, &["--memory-budget", "300MiB"], &[]).unwrap();
+    let r = small.get(&format!("/api/files/{}?thumb=1", ids[0]));
+    assert_eq!(r.status, 200, "the 8-bit image fits: {}", r.text());
+    assert!(r.body.starts_with(b"\x89PNG"));
+    let r = small.get(&format!("/api/files/{}?thumb=1", ids[1]));
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("memory budget"), "{}", r.error());
-    let r = small.get(&format!("/api/files/{id}?thumb=1"));
+    let r = small.req("POST", "/api/ocr?engines=tesseract", &[OCTETS], &sixteen);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("memory budget"), "{}", r.error());
     // The original bytes are still served: only decoding is charged.
-    assert_eq!(small.get(&format!("/api/files/{id}")).status, 200);
+    assert_eq!(small.get(&format!("/api/files/{}", ids[1])).status, 200);
     drop(small);
 
     let srv = Server::start(&env, &[], &[]).unwrap();
-    let r = srv.get(&format!("/api/files/{id}?thumb=1"));
+    let r = srv.get(&format!("/api/files/{}?thumb=1", ids[1]));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body.starts_with(b"\x89PNG"));
 }

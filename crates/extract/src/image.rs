@@ -79,38 +79,39 @@ fn check_size(w: u32, h: u32) -> Result<()> {
 pub struct DecodeCost {
     /// Pixels of the image.
     pub pixels: u64,
-    /// Bytes held at the peak of decoding and preparing it: the decoded image in its own
-    /// sample format (16-bit RGBA is 8 bytes a pixel, 32-bit float RGB 12), a rotated copy
-    /// when EXIF orientation turns it, its grey copy and the prepared page.
+    /// Bytes held at the peak of decoding and preparing it: the encoded file (read whole), the
+    /// decoded image in its own sample format (16-bit RGBA is 8 bytes a pixel, 32-bit float
+    /// RGB 12; twice for TIFF, whose decoder copies its buffer), a rotated copy when EXIF
+    /// orientation turns it, its grey copy and the prepared page.
     pub bytes: u64,
 }
 
 impl DecodeCost {
-    fn of(w: u32, h: u32, bytes_per_pixel: u64, turned: bool) -> DecodeCost {
+    fn of(encoded: u64, w: u32, h: u32, bytes_per_pixel: u64, copies: u64) -> DecodeCost {
         let pixels = u64::from(w) * u64::from(h);
-        DecodeCost { pixels, bytes: pixels * (bytes_per_pixel * if turned { 2 } else { 1 } + 2) }
+        DecodeCost { pixels, bytes: encoded + pixels * (bytes_per_pixel * copies + 2) }
     }
 }
 
 /// The [`DecodeCost`] of image bytes.
 pub fn decode_cost(bytes: &[u8]) -> Result<DecodeCost> {
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
-    cost_of(reader)
+    cost_of(reader, bytes.len() as u64)
 }
 
-/// The [`DecodeCost`] of an image file, reading only as much of it as the header takes.
+/// The [`DecodeCost`] of an image file, from its header and its size.
 pub fn file_decode_cost(path: &Path) -> Option<DecodeCost> {
-    cost_of(ImageReader::open(path).ok()?.with_guessed_format().ok()?).ok()
+    let size = std::fs::metadata(path).ok()?.len();
+    cost_of(ImageReader::open(path).ok()?.with_guessed_format().ok()?, size).ok()
 }
 
-fn cost_of<R: std::io::BufRead + std::io::Seek>(reader: ImageReader<R>) -> Result<DecodeCost> {
-    if reader.format().is_none() {
-        return Err(bad("not an image this build can read"));
-    }
+fn cost_of<R: std::io::BufRead + std::io::Seek>(reader: ImageReader<R>, encoded: u64) -> Result<DecodeCost> {
+    let Some(format) = reader.format() else { return Err(bad("not an image this build can read")) };
     let mut decoder = reader.into_decoder().map_err(|e| bad(format!("corrupt image: {e}")))?;
     let (w, h) = decoder.dimensions();
     let turned = decoder.orientation().is_ok_and(|o| o != image::metadata::Orientation::NoTransforms);
-    Ok(DecodeCost::of(w, h, u64::from(decoder.color_type().bytes_per_pixel()), turned))
+    let copies = 1 + u64::from(turned) + u64::from(format == image::ImageFormat::Tiff);
+    Ok(DecodeCost::of(encoded, w, h, u64::from(decoder.color_type().bytes_per_pixel()), copies))
 }
 
 /// Side of the square tiles [`differing_tiles`] compares, in pixels.
@@ -234,15 +235,33 @@ mod tests {
         let c8 = decode_cost(&rgba8).unwrap();
         let c16 = decode_cost(&rgba16).unwrap();
         assert_eq!(c8.pixels, 60_000);
-        assert_eq!(c8.bytes, 60_000 * (4 + 2));
-        assert_eq!(c16.bytes, 60_000 * (8 + 2));
-        assert_eq!(decode_cost(&grey).unwrap().bytes, 60_000 * (1 + 2));
+        assert_eq!(c8.bytes, rgba8.len() as u64 + 60_000 * (4 + 2));
+        assert_eq!(c16.bytes, rgba16.len() as u64 + 60_000 * (8 + 2));
+        assert_eq!(decode_cost(&grey).unwrap().bytes, grey.len() as u64 + 60_000 * (1 + 2));
         for (bytes, cost) in [(&rgba8, c8), (&rgba16, c16)] {
             let img = decode_bytes(bytes, "png").unwrap();
             let held = img.as_bytes().len() as u64 + 2 * u64::from(img.width() * img.height());
             assert!(held <= cost.bytes, "decoding holds {held} bytes, charged {}", cost.bytes);
         }
         assert!(decode_cost(b"not an image").is_err());
+        // TIFF's decoder copies its buffer: two copies of the pixels.
+        let mut tiff = Cursor::new(Vec::new());
+        DynamicImage::new_rgba8(300, 200).write_to(&mut tiff, image::ImageFormat::Tiff).unwrap();
+        let tiff = tiff.into_inner();
+        assert_eq!(decode_cost(&tiff).unwrap().bytes, tiff.len() as u64 + 60_000 * (2 * 4 + 2));
+        // A JPEG that EXIF turns (orientation 6, spliced in after SOI) is charged the rotated
+        // copy too; the same JPEG without the tag is not.
+        let mut jpeg = Cursor::new(Vec::new());
+        DynamicImage::new_rgb8(300, 200).write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let plain = jpeg.into_inner();
+        let mut app1 = vec![0xFF, 0xE1, 0x00, 0x22];
+        app1.extend_from_slice(b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\0\0\0\0");
+        let turned = [&plain[..2], &app1[..], &plain[2..]].concat();
+        assert_eq!(decode_cost(&plain).unwrap().bytes, plain.len() as u64 + 60_000 * (3 + 2));
+        let c = decode_cost(&turned).unwrap();
+        let img = decode_bytes(&turned, "jpg").unwrap();
+        let bpp = img.color().bytes_per_pixel() as u64;
+        assert_eq!(c.bytes, turned.len() as u64 + c.pixels * (2 * bpp + 2));
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {

@@ -98,14 +98,18 @@ impl Ingester<'_> {
         }
         // The pixels are charged before any is decoded: the prepared pages kept for the
         // batch, and the full decode of as many images as run at once.
-        let mut costs: Vec<DecodeCost> = changed.iter().map(|(_, b, _, _)| decode_cost(b).unwrap_or_default()).collect();
-        // An image that cannot be decoded within the whole budget is refused on its own; the
-        // rest of the batch then always fits (batches hold at most an eighth of the budget).
+        let costs: Vec<DecodeCost> = changed.iter().map(|(_, b, _, _)| decode_cost(b).unwrap_or_default()).collect();
+        // An image that cannot be decoded within the whole budget is refused on its own. The
+        // rest are taken while their prepared pages plus the largest decode fit; the others go
+        // back to the queue for the next batch (the first image of a batch always fits).
         let budget = self.models.budget();
+        // Enlarged pages (MNEMA_OCR_PREPROCESS=upscale|all) hold up to 4 bytes per pixel.
+        let page_bytes_per_pixel = if matches!(self.config.ocr_preprocess.as_str(), "upscale" | "all") { 4 } else { 1 };
         let mut kept_changed = Vec::with_capacity(changed.len());
-        let mut kept_costs = Vec::with_capacity(costs.len());
+        let (mut kept_pages, mut kept_largest) = (0u64, 0u64);
         for (c, cost) in changed.into_iter().zip(costs) {
-            let need = cost.bytes + cost.pixels;
+            let page = cost.pixels * page_bytes_per_pixel;
+            let need = cost.bytes + page;
             if need > budget {
                 let reason = format!(
                     "needs {} of memory to decode ({} pixels), more than the memory budget leaves for it ({}); raise --memory-budget",
@@ -114,20 +118,22 @@ impl Ingester<'_> {
                     mnema_core::ByteSize(budget)
                 );
                 done(Outcome::failed(c.0.to_path_buf(), Some(Kind::Image), reason), out);
+            } else if !kept_changed.is_empty() && kept_pages + page + kept_largest.max(cost.bytes) > budget {
+                deferred.push(c.0);
             } else {
+                kept_pages += page;
+                kept_largest = kept_largest.max(cost.bytes);
                 kept_changed.push(c);
-                kept_costs.push(cost);
             }
         }
         let mut changed = kept_changed;
-        costs = kept_costs;
         // The embedder is let go first, so the budget can evict it for the pixels and the OCR
         // engines (it is reloaded for the text after).
         self.embedder = None;
         // As many decode at once as the budget holds beside the kept pages (at least one).
-        let largest = costs.iter().map(|c| c.bytes).max().unwrap_or(0).max(1);
-        let kept: u64 = costs.iter().map(|c| c.pixels).sum();
-        let room = self.models.budget().saturating_sub(kept) / largest;
+        let largest = kept_largest.max(1);
+        let kept = kept_pages;
+        let room = budget.saturating_sub(kept) / largest;
         let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
         let steps = Preprocess::from_setting(&self.config.ocr_preprocess);
         // The prepared pages stay charged until the batch is read; the full decodes only while
@@ -305,7 +311,11 @@ impl Ingester<'_> {
             return Ok(Compared::Different);
         }
         let other = {
-            let _pixels = budget::reserve(self.models, "image comparison", cost.bytes)?;
+            // Beside the batch's pages this may not fit (an earlier image of the same size but
+            // a wider sample format): then the two are treated as different, and the page is
+            // read by OCR instead of failing the run.
+            // (No wait: idle models are evicted, memory in use is not waited for.)
+            let Ok(_pixels) = self.models.reserve("image comparison", cost.bytes) else { return Ok(Compared::Different) };
             let _s = stage("decode");
             match decode_bytes(&bytes, "") {
                 Ok(img) => prepare_for_ocr(&img, Preprocess::from_setting(&self.config.ocr_preprocess)),

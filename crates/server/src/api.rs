@@ -212,15 +212,29 @@ impl ApiError {
     }
 }
 
+/// What the store calls the user's input (an unusable data directory, a store of another
+/// embedder, files it may not write) is the server's own setup here, never the request's:
+/// 503, not 400.
+fn store_kind(kind: mnema_core::ErrorKind) -> mnema_core::ErrorKind {
+    match kind {
+        mnema_core::ErrorKind::Input => mnema_core::ErrorKind::Unavailable,
+        k => k,
+    }
+}
+
 impl From<mnema_store::StoreError> for ApiError {
     fn from(e: mnema_store::StoreError) -> Self {
-        ApiError::of_kind(e.kind(), e.to_string())
+        ApiError::of_kind(store_kind(e.kind()), e.to_string())
     }
 }
 
 impl From<mnema_search::SearchError> for ApiError {
     fn from(e: mnema_search::SearchError) -> Self {
-        ApiError::of_kind(e.kind(), e.to_string())
+        let kind = match &e {
+            mnema_search::SearchError::Store(s) => store_kind(s.kind()),
+            _ => e.kind(),
+        };
+        ApiError::of_kind(kind, e.to_string())
     }
 }
 
@@ -924,6 +938,12 @@ async fn models(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value
 /// memory in use). An image that could not be decoded within the whole budget is the
 /// request's fault (400), a budget taken for now a 429.
 fn reserve_decode(st: &State, what: &str, bytes: u64) -> ApiResult<mnema_models::manager::Reservation> {
+    fits(st, what, bytes)?;
+    st.models.reserve_within(what, bytes, std::time::Duration::from_secs(10)).map_err(|e| ApiError::of_kind(e.kind(), e.to_string()))
+}
+
+/// Refuses (400) what could not be decoded within the whole memory budget.
+fn fits(st: &State, what: &str, bytes: u64) -> ApiResult<()> {
     let budget = st.models.budget();
     if bytes > budget {
         return Err(ApiError::BadRequest(format!(
@@ -932,7 +952,7 @@ fn reserve_decode(st: &State, what: &str, bytes: u64) -> ApiResult<mnema_models:
             mnema_core::ByteSize(budget)
         )));
     }
-    st.models.reserve_within(what, bytes, std::time::Duration::from_secs(10)).map_err(|e| ApiError::of_kind(e.kind(), e.to_string()))
+    Ok(())
 }
 
 async fn ocr_engines(AxState(st): AxState<State>) -> Json<serde_json::Value> {
@@ -957,12 +977,16 @@ async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, head
     // prepared page for as long as the engines read it.
     let (prepared, page) = blocking(move || {
         let cost = mnema_extract::image::file_decode_cost(tmp.path()).unwrap_or_default();
+        // The page (enlarged pages: up to 4 bytes a pixel) for as long as the engines read it,
+        // the decoding only while it runs; both are charged before any pixel is decoded.
+        let page_bytes = cost.pixels * if matches!(st2.config.ocr_preprocess.as_str(), "upscale" | "all") { 4 } else { 1 };
+        fits(&st2, "decoding the uploaded image", cost.bytes + page_bytes)?;
+        let page = reserve_decode(&st2, "the prepared page", page_bytes)?;
         let decoding = reserve_decode(&st2, "decoding the uploaded image", cost.bytes)?;
         let img = mnema_extract::image::decode_image(tmp.path(), limit).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let prepared = mnema_extract::image::prepare_for_ocr(&img, mnema_extract::image::Preprocess::from_setting(&st2.config.ocr_preprocess));
         drop(img);
         drop(decoding);
-        let page = reserve_decode(&st2, "the prepared page", u64::from(prepared.0.width()) * u64::from(prepared.0.height()))?;
         Ok::<_, ApiError>((prepared, page))
     })
     .await?;

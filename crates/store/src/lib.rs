@@ -63,7 +63,11 @@ impl StoreError {
         use mnema_core::ErrorKind as K;
         match self {
             StoreError::Sql { source, .. } => sqlite_kind(source),
-            StoreError::Io { source, .. } => K::of_io(source, K::Internal),
+            StoreError::Io { source, .. } => match source.kind() {
+                // The user's files, the user's to fix (as SQLite's PermissionDenied/ReadOnly).
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => K::Input,
+                _ => K::of_io(source, K::Internal),
+            },
             StoreError::Index(_) => K::Internal,
             StoreError::Open(_) | StoreError::EmbedderMismatch { .. } => K::Input,
         }
@@ -207,7 +211,11 @@ impl Store {
     /// Opens (creating if needed) the store in data directory `home`. The directory is made
     /// owner-only (0700) and the database, its WAL and the index files owner-only (0600).
     pub fn open(home: &Path) -> Result<Store> {
-        std::fs::create_dir_all(home).map_err(|e| StoreError::Open(format!("cannot create data directory {}: {e}", home.display())))?;
+        std::fs::create_dir_all(home).map_err(|e| StoreError::Io {
+            what: "cannot create data directory".into(),
+            path: home.into(),
+            source: e,
+        })?;
         private_dir(home);
         let db_path = home.join("mnema.db");
         let conn = Connection::open(&db_path).map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
@@ -1156,7 +1164,9 @@ mod tests {
         let io = StoreError::Io { what: "cannot write".into(), path: "/x".into(), source: std::io::Error::from_raw_os_error(28) };
         assert_eq!(io.kind(), ErrorKind::DiskFull);
         let denied = StoreError::Io { what: "cannot write".into(), path: "/x".into(), source: std::io::Error::from_raw_os_error(13) };
-        assert_eq!(denied.kind(), ErrorKind::Internal);
+        assert_eq!(denied.kind(), ErrorKind::Input);
+        let broken = StoreError::Io { what: "cannot write".into(), path: "/x".into(), source: std::io::Error::from_raw_os_error(5) };
+        assert_eq!(broken.kind(), ErrorKind::Internal);
         assert_eq!(StoreError::EmbedderMismatch { have: "a".into(), got: "b".into() }.kind(), ErrorKind::Input);
     }
 }

@@ -97,11 +97,11 @@ impl Sidecar {
 }
 
 /// The lock file serialising saves and loads of one index file across processes.
-fn lock_file(path: &Path) -> Option<File> {
+fn lock_file(path: &Path) -> std::io::Result<File> {
     let p = path.with_extension("usearch.lock");
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).ok()?;
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p)?;
     private(&p);
-    Some(f)
+    Ok(f)
 }
 
 /// Owner-only permissions (0600) for a data file; best effort.
@@ -149,7 +149,7 @@ impl VectorIndex {
     /// Loads the index saved at `path` for the database `store_id`; `None` when it must be
     /// rebuilt (absent, another database's, another dimension, an older format, unreadable).
     pub fn load(dim: usize, path: &Path, store_id: &str) -> Option<VectorIndex> {
-        let lock = lock_file(path);
+        let lock = lock_file(path).ok();
         if let Some(l) = &lock {
             l.lock_shared().ok()?;
         }
@@ -310,7 +310,7 @@ impl VectorIndex {
         if !self.dirty && !force {
             return Ok(());
         }
-        let lock = lock_file(&path).ok_or_else(|| err(format!("cannot open the lock file beside {}", path.display())))?;
+        let lock = lock_file(&path).map_err(|e| io_err(&path.with_extension("usearch.lock"), "cannot open the lock file", e))?;
         lock.lock().map_err(|e| io_err(&path, "cannot lock", e))?;
         if !force {
             if let Some(side) = Sidecar::read(&path) {

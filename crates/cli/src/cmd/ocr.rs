@@ -67,9 +67,35 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     // batch as many decode at once as the budget holds: decoded pages never outgrow
     // --memory-budget however many images are named.
     let cap = (ctx.models.budget() / 8).max(1);
+    let page_bytes_per_pixel = if matches!(ctx.config.ocr_preprocess.as_str(), "upscale" | "all") { 4 } else { 1 };
     let mut batches: Vec<Vec<(&PathBuf, DecodeCost)>> = vec![Vec::new()];
     for p in &a.images {
         let cost = file_decode_cost(p).unwrap_or_default();
+        let need = cost.bytes + cost.pixels * page_bytes_per_pixel;
+        if need > ctx.models.budget() {
+            failed += 1;
+            let e = format!(
+                "needs {} of memory to decode ({} pixels), more than the memory budget leaves for it ({}); raise --memory-budget",
+                mnema_core::ByteSize(need),
+                cost.pixels,
+                mnema_core::ByteSize(ctx.models.budget())
+            );
+            eprintln!("mnema: {}: {e}", p.display());
+            if ctx.json {
+                out_json(&OcrOut {
+                    path: p.display().to_string(),
+                    engine: names.first().map_or("", |n| n).to_string(),
+                    text: String::new(),
+                    lines: vec![],
+                    elapsed_ms: 0.0,
+                    peak_rss_mb: 0.0,
+                    cer: None,
+                    wer: None,
+                    error: Some(e),
+                })?;
+            }
+            continue;
+        }
         let last = batches.last_mut().expect("one batch at least");
         if !last.is_empty() && (last.iter().map(|b| b.1.pixels).sum::<u64>() + cost.pixels > cap || last.len() >= 32) {
             batches.push(vec![(p, cost)]);
@@ -80,20 +106,29 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     let steps = Preprocess::from_setting(&ctx.config.ocr_preprocess);
     for (round, name) in names.iter().copied().enumerate() {
         for batch in &batches {
+            if batch.is_empty() {
+                continue;
+            }
+            // Charged before any pixel is decoded: the batch's prepared pages until its OCR
+            // ends, and as many decodes at once as fit beside them and the engine.
             let largest = batch.iter().map(|b| b.1.bytes).max().unwrap_or(0).max(1);
-            let room = ctx.models.budget().saturating_sub(batch.iter().map(|b| b.1.pixels).sum()) / largest;
+            let pages_bytes: u64 = batch.iter().map(|b| b.1.pixels * page_bytes_per_pixel).sum();
+            let room = ctx.models.budget().saturating_sub(pages_bytes + est(name)) / largest;
             let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
+            let wait = std::time::Duration::from_secs(60);
+            let _pages = ctx.models.reserve_within("prepared pages", pages_bytes, wait)?;
             // The engine starts while the first batch decodes (its load is a few tenths of a
             // second that would otherwise come before any recognition); a failure shows below.
             let prepared: Vec<_> = std::thread::scope(|s| {
                 s.spawn(move || drop(load(name)));
                 let _s = mnema_core::profile::stage("decode");
+                let _decoding = ctx.models.reserve_within("image decoding", at_once as u64 * largest, wait)?;
                 let mut out = Vec::with_capacity(batch.len());
                 for group in batch.chunks(at_once) {
                     out.par_extend(group.par_iter().map(|(p, _)| decode_image(p, 256 << 20).map(|img| prepare_for_ocr(&img, steps))));
                 }
-                out
-            });
+                Ok::<_, mnema_models::ModelError>(out)
+            })?;
             let mut paths = Vec::new();
             let mut pages = Vec::new();
             for ((p, _), r) in batch.iter().zip(prepared) {
