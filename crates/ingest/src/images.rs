@@ -104,7 +104,7 @@ impl Ingester<'_> {
         // back to the queue for the next batch (the first image of a batch always fits).
         let budget = self.models.budget();
         // Enlarged pages (MNEMA_OCR_PREPROCESS=upscale|all) hold up to 4 bytes per pixel.
-        let page_bytes_per_pixel = if matches!(self.config.ocr_preprocess.as_str(), "upscale" | "all") { 4 } else { 1 };
+        let page_bytes_per_pixel = if Preprocess::from_setting(&self.config.ocr_preprocess).upscale { 4 } else { 1 };
         let mut kept_changed = Vec::with_capacity(changed.len());
         let (mut kept_pages, mut kept_largest) = (0u64, 0u64);
         for (c, cost) in changed.into_iter().zip(costs) {

@@ -67,7 +67,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     // batch as many decode at once as the budget holds: decoded pages never outgrow
     // --memory-budget however many images are named.
     let cap = (ctx.models.budget() / 8).max(1);
-    let page_bytes_per_pixel = if matches!(ctx.config.ocr_preprocess.as_str(), "upscale" | "all") { 4 } else { 1 };
+    let page_bytes_per_pixel = if Preprocess::from_setting(&ctx.config.ocr_preprocess).upscale { 4 } else { 1 };
     let mut batches: Vec<Vec<(&PathBuf, DecodeCost)>> = vec![Vec::new()];
     for p in &a.images {
         let cost = file_decode_cost(p).unwrap_or_default();
