@@ -239,7 +239,20 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(sql)?;
         // WAL: readers (search, the server) never block the writer (ingest) and a killed
         // writer loses at most its open transaction.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        // Switching a new database to WAL needs it alone: a second process opening it at the
+        // same moment gets SQLITE_BUSY at once (the busy handler is skipped where waiting could
+        // deadlock), so the switch is retried for up to ten seconds.
+        let mut attempt = 0u32;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(e) if attempt < 200 && sqlite_kind(&e) == mnema_core::ErrorKind::Busy => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20 + u64::from(attempt % 5) * 10));
+                }
+                Err(e) => return Err(sql(e)),
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
         schema::migrate(&mut conn).map_err(|e| StoreError::Open(format!("database {}: {e}", db_path.display())))?;
