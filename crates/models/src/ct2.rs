@@ -182,6 +182,14 @@ impl Ct2File {
                 let t = || bad("truncated alias table".into());
                 let a = c.string().ok_or_else(t)?;
                 let target = c.string().ok_or_else(t)?;
+                // An alias names a stored tensor and never hides one: `get` resolves aliases
+                // first, so an alias over a tensor's own name made that tensor unreadable.
+                if tensors.contains_key(&a) {
+                    return Err(bad(format!("alias {a} hides the tensor of the same name")));
+                }
+                if !tensors.contains_key(&target) {
+                    return Err(bad(format!("alias {a} names {target}, which is not a tensor")));
+                }
                 aliases.insert(a, target);
             }
         }
@@ -335,5 +343,29 @@ mod tests {
         v.extend(0u32.to_le_bytes());
         let err = Ct2File::parse(Path::new("m.bin"), Arc::new(v)).err().expect("overflowing dims accepted");
         assert!(err.to_string().contains("tensor huge: 0 bytes for dims [65536, 65536, 65536, 65536]"), "{err}");
+    }
+
+    /// Found by the 1M-input ct2_reader campaign: an alias with a stored tensor's own name hid
+    /// that tensor (listed by `names`, unreadable by `get`), and an alias could name nothing.
+    #[test]
+    fn aliases_name_tensors_and_hide_none() {
+        let with_alias = |alias: &str, target: &str| {
+            let mut v = sample();
+            // The sample ends with one alias (b/weight → a/weight): make it two.
+            let n = v.len() - (2 + "b/weight".len() + 1) - (2 + "a/weight".len() + 1) - 4;
+            v[n..n + 4].copy_from_slice(&2u32.to_le_bytes());
+            put_str(&mut v, alias);
+            put_str(&mut v, target);
+            Ct2File::parse(Path::new("m.bin"), Arc::new(v))
+        };
+        let err = with_alias("heads", "a/weight").err().expect("an alias over a tensor accepted");
+        assert!(err.to_string().contains("alias heads hides the tensor"), "{err}");
+        let err = with_alias("c/weight", "nowhere").err().expect("an alias to nothing accepted");
+        assert!(err.to_string().contains("not a tensor"), "{err}");
+        let f = with_alias("c/weight", "a/weight").unwrap();
+        for name in f.names() {
+            assert!(f.get(name).is_some(), "{name} is listed but unreadable");
+        }
+        assert_eq!(f.f32("c/weight").unwrap().0, vec![1.0, -2.0]);
     }
 }
