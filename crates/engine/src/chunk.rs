@@ -58,8 +58,11 @@ pub fn chunk_text(tokens: &dyn TokenCounter, text: &str, spec: ChunkSpec) -> Res
         // The first window starts at the text's start and the last ends at its end, so
         // nothing at the edges is lost even where the tokenizer's offsets skip characters
         // (control characters before a word shifted them past the last words).
+        // A window ends where the next token starts, not where its own last token ends: what
+        // lies between two tokens (characters the tokenizer dropped or its offsets skipped)
+        // then belongs to this chunk, so consecutive chunks touch even without overlap.
         let from = if start == 0 { 0 } else { offs[start].0 };
-        let to = if end >= n { text.len() } else { offs[end - 1].1 };
+        let to = if end >= n { text.len() } else { offs[end].0 };
         push(from, to);
         if end >= n {
             break;

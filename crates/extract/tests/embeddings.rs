@@ -129,3 +129,26 @@ fn chunks_respect_token_limit_and_overlap() {
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].text, "короткая заметка");
 }
+
+/// Found by the 1M-input note_reader campaign (`fuzz/corpus/note_reader/gap-between-chunks.md`):
+/// with no overlap, a chunk ended where its last token ended and the next began at its first
+/// token, and a letter the tokenizer's offsets skipped (after a leading control character)
+/// fell between the two, in no chunk. Every word of a note is in some chunk.
+#[test]
+fn no_text_falls_between_chunks() {
+    let e = load_embedder(&models_dir(), "multilingual-e5-small").unwrap();
+    let bytes =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/note_reader/gap-between-chunks.md")).unwrap();
+    let text = mnema_extract::note::note_text(bytes.clone()).unwrap();
+    let words = |s: &str| s.chars().any(char::is_alphanumeric);
+    for (max_tokens, overlap) in [(bytes.len() % 40, bytes.len() % 7), (6, 0), (8, 0), (12, 1), (16, 0)] {
+        let chunks = chunk_text(e.tokenizer(), &text, ChunkSpec { max_tokens, overlap }).unwrap();
+        assert!(chunks.len() > 1);
+        assert!(!words(&text[..chunks[0].start as usize]));
+        assert!(!words(&text[chunks.last().unwrap().end as usize..]));
+        for w in chunks.windows(2) {
+            let gap = &text[(w[0].end as usize).min(w[1].start as usize)..w[1].start as usize];
+            assert!(!words(gap), "max {max_tokens}, overlap {overlap}: {gap:?} between chunks {} and {}", w[0].seq, w[1].seq);
+        }
+    }
+}
