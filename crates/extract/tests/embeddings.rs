@@ -142,7 +142,7 @@ fn no_text_falls_between_chunks() {
     let text = mnema_extract::note::note_text(bytes.clone()).unwrap();
     let words = |s: &str| s.chars().any(char::is_alphanumeric);
     for (max_tokens, overlap) in [(bytes.len() % 40, bytes.len() % 7), (6, 0), (8, 0), (12, 1), (16, 0)] {
-        let chunks = chunk_text(e.tokenizer(), &text, ChunkSpec { max_tokens, overlap }).unwrap();
+        let chunks = chunk_text(e.tokens(), &text, ChunkSpec { max_tokens, overlap }).unwrap();
         assert!(chunks.len() > 1);
         assert!(!words(&text[..chunks[0].start as usize]));
         assert!(!words(&text[chunks.last().unwrap().end as usize..]));
