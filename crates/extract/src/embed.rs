@@ -83,7 +83,8 @@ impl HfTokenizer {
 impl TokenCounter for HfTokenizer {
     fn token_offsets(&self, text: &str) -> mnema_engine::Result<Vec<(usize, usize)>> {
         let enc = self.inner.encode(text, false).map_err(|e| ExtractError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
-        Ok(enc.get_offsets().to_vec())
+        // Tokens that cover no text (special tokens) are left out, as the trait says.
+        Ok(enc.get_offsets().iter().copied().filter(|&(a, b)| b > a).collect())
     }
 }
 

@@ -161,6 +161,8 @@ pub struct Store {
     /// The embedder once the store has one (it never changes afterwards).
     embedder: std::cell::OnceCell<(String, usize)>,
     vectors: Option<VectorIndex>,
+    /// Stored vectors up to which vector searches are exact ([`vectors::EXACT_MAX`]).
+    exact_max: usize,
 }
 
 /// How the vector index compares with SQLite (`Store::check_index`).
@@ -233,6 +235,13 @@ impl Store {
         Self::init(conn, ":memory:".into(), None)
     }
 
+    /// Makes this handle's vector searches walk the HNSW graph from `exact_max` stored vectors
+    /// up (`0`: always), so tests can exercise the graph on small stores.
+    #[doc(hidden)]
+    pub fn set_exact_search_max(&mut self, exact_max: usize) {
+        self.exact_max = exact_max;
+    }
+
     fn init(mut conn: Connection, db_path: PathBuf, index_path: Option<PathBuf>) -> Result<Store> {
         let sql = |source| StoreError::Sql { path: db_path.clone(), source };
         // Writers wait for each other (the busy handler) instead of failing at once.
@@ -242,23 +251,35 @@ impl Store {
         // Switching a new database to WAL needs it alone: a second process opening it at the
         // same moment gets SQLITE_BUSY at once (the busy handler is skipped where waiting could
         // deadlock), so the switch is retried for up to ten seconds.
-        let mut attempt = 0u32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut attempt = 0u64;
         loop {
             match conn.pragma_update(None, "journal_mode", "WAL") {
                 Ok(()) => break,
-                Err(e) if attempt < 200 && sqlite_kind(&e) == mnema_core::ErrorKind::Busy => {
+                Err(e) if std::time::Instant::now() < deadline && sqlite_kind(&e) == mnema_core::ErrorKind::Busy => {
                     attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20 + u64::from(attempt % 5) * 10));
+                    std::thread::sleep(std::time::Duration::from_millis(20 + (attempt % 5) * 10));
                 }
                 Err(e) => return Err(sql(e)),
             }
         }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
-        schema::migrate(&mut conn).map_err(|e| StoreError::Open(format!("database {}: {e}", db_path.display())))?;
+        schema::migrate(&mut conn).map_err(|e| match e {
+            schema::MigrateError::Sql(source) => StoreError::Sql { path: db_path.clone(), source },
+            schema::MigrateError::Newer(msg) => StoreError::Open(format!("database {}: {msg}", db_path.display())),
+        })?;
         let store_id: String =
             conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| r.get(0)).optional().map_err(sql)?.unwrap_or_default();
-        Ok(Store { conn, db_path, index_path, store_id, embedder: std::cell::OnceCell::new(), vectors: None })
+        Ok(Store {
+            conn,
+            db_path,
+            index_path,
+            store_id,
+            embedder: std::cell::OnceCell::new(),
+            vectors: None,
+            exact_max: vectors::EXACT_MAX,
+        })
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -634,8 +655,9 @@ impl Store {
             }
         }
         if filters.is_empty() {
+            let exact_max = self.exact_max;
             let Some(idx) = self.index()? else { return Ok(Vec::new()) };
-            return Ok(idx.search(query, limit, None)?.into_iter().map(|(k, s)| (k, s as f64)).collect());
+            return Ok(idx.search_within(query, limit, None, exact_max)?.into_iter().map(|(k, s)| (k, s as f64)).collect());
         }
         let (cond, args) = filter_sql(filters);
         let q = format!("SELECT c.id FROM chunks c JOIN items i ON i.id = c.item_id WHERE c.vector IS NOT NULL AND {cond}");
@@ -647,9 +669,10 @@ impl Store {
         if allowed.len() <= 4096 {
             return self.exact_candidates(query, Some(&allowed), limit);
         }
+        let exact_max = self.exact_max;
         let Some(idx) = self.index()? else { return Ok(Vec::new()) };
         let f = |k: i64| allowed.contains(&k);
-        Ok(idx.search(query, limit, Some(&f))?.into_iter().map(|(k, s)| (k, s as f64)).collect())
+        Ok(idx.search_within(query, limit, Some(&f), exact_max)?.into_iter().map(|(k, s)| (k, s as f64)).collect())
     }
 
     /// Exact cosine scores over stored vectors (all, or only `only`), best first.

@@ -94,22 +94,40 @@ fn version(conn: &Connection) -> rusqlite::Result<usize> {
 /// Safe when several processes open one new database at once: the migrations run in one
 /// `BEGIN IMMEDIATE` transaction (writers queue on the busy handler) and the version is read
 /// again inside it, so a process that waited finds the work done.
-pub fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let current = version(conn).map_err(|e| e.to_string())?;
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let newer = |v: usize| MigrateError::Newer(format!("database schema version {v} is newer than this mnema ({VERSION}): upgrade mnema"));
+    let current = version(conn)?;
     if current > VERSION {
-        return Err(format!("database schema version {current} is newer than this mnema ({VERSION}): upgrade mnema"));
+        return Err(newer(current));
     }
     if current == VERSION {
         return Ok(());
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
-    let current = version(&tx).map_err(|e| e.to_string())?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current = version(&tx)?;
     if current > VERSION {
-        return Err(format!("database schema version {current} is newer than this mnema ({VERSION}): upgrade mnema"));
+        return Err(newer(current));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        tx.execute_batch(sql).map_err(|e| format!("migration {}: {e}", i + 1))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| e.to_string())?;
+    for sql in MIGRATIONS.iter().skip(current) {
+        tx.execute_batch(sql)?;
     }
-    tx.commit().map_err(|e| e.to_string())
+    tx.pragma_update(None, "user_version", VERSION as i64)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Why [`migrate`] failed: SQLite's error (with its kind: busy, full disk…) or a database
+/// from a newer mnema.
+#[derive(Debug)]
+pub enum MigrateError {
+    /// SQLite failed.
+    Sql(rusqlite::Error),
+    /// The database's schema is newer than this build's.
+    Newer(String),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sql(e)
+    }
 }

@@ -297,10 +297,21 @@ impl VectorIndex {
     /// Up to [`EXACT_MAX`] stored vectors the search is exact (every vector compared); above,
     /// it walks the HNSW graph.
     pub fn search(&self, q: &[f32], k: usize, allow: Option<&dyn Fn(i64) -> bool>) -> Result<Vec<(i64, f32)>, StoreError> {
+        self.search_within(q, k, allow, EXACT_MAX)
+    }
+
+    /// [`search`](Self::search) with another exact-search threshold (`0`: always the graph).
+    pub fn search_within(
+        &self,
+        q: &[f32],
+        k: usize,
+        allow: Option<&dyn Fn(i64) -> bool>,
+        exact_max: usize,
+    ) -> Result<Vec<(i64, f32)>, StoreError> {
         if self.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        if self.index.size() <= EXACT_MAX {
+        if self.index.size() <= exact_max {
             // All of them when a filter or tombstones may drop some, else just k.
             let count = if allow.is_some() || self.tombstones > 0 { self.index.size() } else { k };
             let m = self.index.exact_search(q, count).map_err(err)?;

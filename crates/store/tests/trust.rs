@@ -94,10 +94,18 @@ fn put_vecs(s: &mut Store, path: &str, seed: u64, vecs: Vec<Vec<f32>>) {
     s.put_item(&item(path, seed), &chunks, &vecs, "test").unwrap();
 }
 
+/// Exact search (the default at this size) and the HNSW graph (forced): removals must never
+/// unlink the graph, which only the graph run can show.
 #[test]
 fn reingest_keeps_every_other_vector_findable() {
+    reingest_keeps_every_other_vector_findable_with(mnema_store::vectors::EXACT_MAX);
+    reingest_keeps_every_other_vector_findable_with(0);
+}
+
+fn reingest_keeps_every_other_vector_findable_with(exact_max: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(dir.path()).unwrap();
+    s.set_exact_search_max(exact_max);
     let notes = 400u64;
     for i in 0..notes {
         put_vecs(&mut s, &format!("/n/{i}.md"), i, vec![embedding_like(i % 20, i, 1.0)]);
@@ -127,6 +135,7 @@ fn reingest_keeps_every_other_vector_findable() {
     assert!(check.ok, "{check:?}");
     drop(s);
     let mut s = Store::open(dir.path()).unwrap();
+    s.set_exact_search_max(exact_max);
     assert_all_found(&mut s, "after reopening");
 }
 
