@@ -87,6 +87,25 @@ pub struct DecodeCost {
 }
 
 impl DecodeCost {
+    /// Bytes of its prepared page: one a pixel, four when `steps` enlarge small pages 2×.
+    pub fn page_bytes(&self, steps: Preprocess) -> u64 {
+        self.pixels * if steps.upscale { 4 } else { 1 }
+    }
+
+    /// Why the image cannot be decoded within `budget` (the decode and its page at once), or
+    /// `None` when it can.
+    pub fn refusal(&self, steps: Preprocess, budget: u64) -> Option<String> {
+        let need = self.bytes + self.page_bytes(steps);
+        (need > budget).then(|| {
+            format!(
+                "needs {} of memory to decode ({} pixels), more than the memory budget leaves for it ({}); raise --memory-budget",
+                mnema_core::ByteSize(need),
+                self.pixels,
+                mnema_core::ByteSize(budget)
+            )
+        })
+    }
+
     fn of(encoded: u64, w: u32, h: u32, bytes_per_pixel: u64, copies: u64) -> DecodeCost {
         let pixels = u64::from(w) * u64::from(h);
         DecodeCost { pixels, bytes: encoded + pixels * (bytes_per_pixel * copies + 2) }
@@ -244,6 +263,13 @@ mod tests {
             assert!(held <= cost.bytes, "decoding holds {held} bytes, charged {}", cost.bytes);
         }
         assert!(decode_cost(b"not an image").is_err());
+        // The page: one byte a pixel, four when small pages are enlarged; refused only past the budget.
+        let upscale = Preprocess { invert: false, upscale: true };
+        assert_eq!(c8.page_bytes(Preprocess::DEFAULT), 60_000);
+        assert_eq!(c8.page_bytes(upscale), 240_000);
+        assert!(c8.refusal(Preprocess::DEFAULT, c8.bytes + 60_000).is_none());
+        let why = c8.refusal(upscale, c8.bytes + 60_000).expect("over the budget");
+        assert!(why.contains("60000 pixels") && why.contains("raise --memory-budget"), "{why}");
         // TIFF's decoder copies its buffer: two copies of the pixels.
         let mut tiff = Cursor::new(Vec::new());
         DynamicImage::new_rgba8(300, 200).write_to(&mut tiff, image::ImageFormat::Tiff).unwrap();

@@ -103,20 +103,12 @@ impl Ingester<'_> {
         // rest are taken while their prepared pages plus the largest decode fit; the others go
         // back to the queue for the next batch (the first image of a batch always fits).
         let budget = self.models.budget();
-        // Enlarged pages (MNEMA_OCR_PREPROCESS=upscale|all) hold up to 4 bytes per pixel.
-        let page_bytes_per_pixel = if Preprocess::from_setting(&self.config.ocr_preprocess).upscale { 4 } else { 1 };
+        let steps = Preprocess::from_setting(&self.config.ocr_preprocess);
         let mut kept_changed = Vec::with_capacity(changed.len());
         let (mut kept_pages, mut kept_largest) = (0u64, 0u64);
         for (c, cost) in changed.into_iter().zip(costs) {
-            let page = cost.pixels * page_bytes_per_pixel;
-            let need = cost.bytes + page;
-            if need > budget {
-                let reason = format!(
-                    "needs {} of memory to decode ({} pixels), more than the memory budget leaves for it ({}); raise --memory-budget",
-                    mnema_core::ByteSize(need),
-                    cost.pixels,
-                    mnema_core::ByteSize(budget)
-                );
+            let page = cost.page_bytes(steps);
+            if let Some(reason) = cost.refusal(steps, budget) {
                 done(Outcome::failed(c.0.to_path_buf(), Some(Kind::Image), reason), out);
             } else if !kept_changed.is_empty() && kept_pages + page + kept_largest.max(cost.bytes) > budget {
                 deferred.push(c.0);
@@ -135,7 +127,6 @@ impl Ingester<'_> {
         let kept = kept_pages;
         let room = budget.saturating_sub(kept) / largest;
         let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
-        let steps = Preprocess::from_setting(&self.config.ocr_preprocess);
         // The prepared pages stay charged until the batch is read; the full decodes only while
         // they run, so the comparisons and the OCR engines get that room back.
         let _pages = budget::reserve(self.models, "prepared pages", kept)?;

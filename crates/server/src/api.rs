@@ -977,16 +977,15 @@ async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, head
     // prepared page for as long as the engines read it.
     let (prepared, page) = blocking(move || {
         let cost = mnema_extract::image::file_decode_cost(tmp.path()).unwrap_or_default();
-        // The page (enlarged pages: up to 4 bytes a pixel) for as long as the engines read it,
-        // the decoding only while it runs; both are charged before any pixel is decoded.
-        let page_bytes =
-            cost.pixels * if mnema_extract::image::Preprocess::from_setting(&st2.config.ocr_preprocess).upscale { 4 } else { 1 };
+        // The page for as long as the engines read it, the decoding only while it runs; both
+        // are charged before any pixel is decoded.
+        let steps = mnema_extract::image::Preprocess::from_setting(&st2.config.ocr_preprocess);
+        let page_bytes = cost.page_bytes(steps);
         fits(&st2, "decoding the uploaded image", cost.bytes + page_bytes)?;
         let page = reserve_decode(&st2, "the prepared page", page_bytes)?;
         let decoding = reserve_decode(&st2, "decoding the uploaded image", cost.bytes)?;
         let img = mnema_extract::image::decode_image(tmp.path(), limit).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let prepared =
-            mnema_extract::image::prepare_for_ocr(&img, mnema_extract::image::Preprocess::from_setting(&st2.config.ocr_preprocess));
+        let prepared = mnema_extract::image::prepare_for_ocr(&img, steps);
         drop(img);
         drop(decoding);
         Ok::<_, ApiError>((prepared, page))

@@ -7,7 +7,7 @@ use mnema_extract::image::{decode_image, file_decode_cost, prepare_for_ocr, Deco
 use mnema_extract::ocr::{engines_in, error_rates, join_lines, EngineOptions, OcrPool};
 use mnema_server::wire::OcrOut;
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -67,33 +67,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     // batch as many decode at once as the budget holds: decoded pages never outgrow
     // --memory-budget however many images are named.
     let cap = (ctx.models.budget() / 8).max(1);
-    let page_bytes_per_pixel = if Preprocess::from_setting(&ctx.config.ocr_preprocess).upscale { 4 } else { 1 };
+    let steps = Preprocess::from_setting(&ctx.config.ocr_preprocess);
     let mut batches: Vec<Vec<(&PathBuf, DecodeCost)>> = vec![Vec::new()];
     for p in &a.images {
         let cost = file_decode_cost(p).unwrap_or_default();
-        let need = cost.bytes + cost.pixels * page_bytes_per_pixel;
-        if need > ctx.models.budget() {
+        if let Some(e) = cost.refusal(steps, ctx.models.budget()) {
             failed += 1;
-            let e = format!(
-                "needs {} of memory to decode ({} pixels), more than the memory budget leaves for it ({}); raise --memory-budget",
-                mnema_core::ByteSize(need),
-                cost.pixels,
-                mnema_core::ByteSize(ctx.models.budget())
-            );
-            eprintln!("mnema: {}: {e}", p.display());
-            if ctx.json {
-                out_json(&OcrOut {
-                    path: p.display().to_string(),
-                    engine: names.first().map_or("", |n| n).to_string(),
-                    text: String::new(),
-                    lines: vec![],
-                    elapsed_ms: 0.0,
-                    peak_rss_mb: 0.0,
-                    cer: None,
-                    wer: None,
-                    error: Some(e),
-                })?;
-            }
+            unreadable(ctx, p, names.first().copied().unwrap_or(""), &e)?;
             continue;
         }
         let last = batches.last_mut().expect("one batch at least");
@@ -103,7 +83,6 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             last.push((p, cost));
         }
     }
-    let steps = Preprocess::from_setting(&ctx.config.ocr_preprocess);
     for (round, name) in names.iter().copied().enumerate() {
         for batch in &batches {
             if batch.is_empty() {
@@ -112,7 +91,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
             // Charged before any pixel is decoded: the batch's prepared pages until its OCR
             // ends, and as many decodes at once as fit beside them and the engine.
             let largest = batch.iter().map(|b| b.1.bytes).max().unwrap_or(0).max(1);
-            let pages_bytes: u64 = batch.iter().map(|b| b.1.pixels * page_bytes_per_pixel).sum();
+            let pages_bytes: u64 = batch.iter().map(|b| b.1.page_bytes(steps)).sum();
             let room = ctx.models.budget().saturating_sub(pages_bytes + est(name)) / largest;
             let at_once = (rayon::current_num_threads() as u64).min(room).max(1) as usize;
             let wait = std::time::Duration::from_secs(60);
@@ -140,20 +119,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
                     // Bad images are reported once, on the first engine's round.
                     Err(e) if round == 0 => {
                         failed += 1;
-                        eprintln!("mnema: {}: {e}", p.display());
-                        if ctx.json {
-                            out_json(&OcrOut {
-                                path: p.display().to_string(),
-                                engine: name.to_string(),
-                                text: String::new(),
-                                lines: vec![],
-                                elapsed_ms: 0.0,
-                                peak_rss_mb: 0.0,
-                                cer: None,
-                                wer: None,
-                                error: Some(e.to_string()),
-                            })?;
-                        }
+                        unreadable(ctx, p, name, &e.to_string())?;
                     }
                     Err(_) => {}
                 }
@@ -200,4 +166,24 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         ctx.models.unload_all();
     }
     Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
+}
+
+/// Reports an image that could not be read or decoded: one line on stderr, and with `--json`
+/// its record with the error.
+fn unreadable(ctx: &Ctx, path: &Path, engine: &str, error: &str) -> Result<()> {
+    eprintln!("mnema: {}: {error}", path.display());
+    if ctx.json {
+        out_json(&OcrOut {
+            path: path.display().to_string(),
+            engine: engine.to_string(),
+            text: String::new(),
+            lines: vec![],
+            elapsed_ms: 0.0,
+            peak_rss_mb: 0.0,
+            cer: None,
+            wer: None,
+            error: Some(error.to_string()),
+        })?;
+    }
+    Ok(())
 }
