@@ -187,11 +187,6 @@ const LOG_KEEP: i64 = 50_000;
 /// Attempts of a write transaction that SQLite reports busy after its busy timeout.
 const WRITE_ATTEMPTS: u32 = 8;
 
-fn is_busy(e: &StoreError) -> bool {
-    matches!(e, StoreError::Sql { source: rusqlite::Error::SqliteFailure(f, _), .. }
-        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-}
-
 /// Owner-only data directory (0700), tightening an existing one; best effort.
 fn private_dir(home: &Path) {
     #[cfg(unix)]
@@ -324,7 +319,7 @@ impl Store {
                 .map_err(sqlerr)
                 .and_then(|tx| f(&tx, &path).and_then(|v| tx.commit().map(|_| v).map_err(sqlerr)));
             match r {
-                Err(e) if attempt < WRITE_ATTEMPTS && is_busy(&e) => {
+                Err(e) if attempt < WRITE_ATTEMPTS && e.kind() == mnema_core::ErrorKind::Busy => {
                     tracing::debug!("database busy, retrying: {e}");
                     std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(5)));
                 }
