@@ -364,8 +364,7 @@ impl VectorIndex {
         }
         let tmp = unique_tmp(&path);
         let written = (|| {
-            let tmp_str = tmp.to_str().ok_or_else(|| err(format!("non-UTF-8 data path {}", tmp.display())))?;
-            self.index.save(tmp_str).map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
+            write_index(&self.index, &tmp)?;
             private(&tmp);
             std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, "cannot replace", e))
         })();
@@ -392,6 +391,41 @@ impl VectorIndex {
     pub fn memory_bytes(&self) -> usize {
         self.index.memory_usage()
     }
+}
+
+/// Writes the index to `path` and checks that all of it reached the disk. usearch writes
+/// through C stdio, ignores the error of the final flush (so a disk that fills up during a
+/// save could leave a truncated file reported as written) and reports its own write errors
+/// without the system's reason; both are caught here and the reason (ENOSPC when the disk is
+/// full) recovered by writing the rest ourselves.
+fn write_index(index: &Index, path: &Path) -> Result<(), StoreError> {
+    let path_str = path.to_str().ok_or_else(|| err(format!("non-UTF-8 data path {}", path.display())))?;
+    let want = index.serialized_length() as u64;
+    let saved = index.save(path_str);
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| io_err(path, "cannot write", e))?;
+    let have = match saved {
+        Ok(()) => {
+            match f.sync_all() {
+                // Not a regular file (a device): nothing to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+                Err(e) => return Err(io_err(path, "cannot write", e)),
+                Ok(()) => {}
+            }
+            let have = f.metadata().map_err(|e| io_err(path, "cannot read", e))?.len();
+            if have == want {
+                return Ok(());
+            }
+            format!("only {have} of {want} bytes were written")
+        }
+        Err(e) => e.to_string(),
+    };
+    // The file is removed by the caller either way.
+    use std::io::Write;
+    let source = match f.write_all(&vec![0u8; 1 << 16]).and_then(|()| f.sync_all()) {
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => e,
+        _ => std::io::Error::other(have),
+    };
+    Err(io_err(path, "cannot write", source))
 }
 
 /// A temporary name beside `p` that no other process or thread uses at the same time.
@@ -436,6 +470,26 @@ pub fn from_blob(b: &[u8]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A save onto a full disk is an error of kind DiskFull, whether usearch's own write
+    /// fails (a large index) or only its final flush, whose error it ignores (a small one).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_fails_the_save_as_a_full_disk() {
+        for n in [1, 300] {
+            let mut v = VectorIndex::new(64, None, 1, "n").unwrap();
+            for k in 0..n {
+                v.add(k, &[k as f32 + 1.0; 64]).unwrap();
+            }
+            let e = write_index(&v.index, Path::new("/dev/full")).unwrap_err();
+            assert_eq!(e.kind(), mnema_core::ErrorKind::DiskFull, "{n} vectors: {e}");
+        }
+        // And a good write passes the check.
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = VectorIndex::new(64, None, 1, "n").unwrap();
+        v.add(1, &[1.0; 64]).unwrap();
+        write_index(&v.index, &dir.path().join("i.usearch")).unwrap();
+    }
 
     /// A save killed between writing its temporary file and renaming it leaves the file
     /// behind; the next save removes it (and only such files).
