@@ -229,15 +229,49 @@ pub fn prepare_for_ocr(img: &DynamicImage, steps: Preprocess) -> (GrayImage, f32
         image::imageops::invert(&mut g);
     }
     if steps.upscale && g.height().min(g.width()) < 400 {
-        let g2 = image::imageops::resize(&g, g.width() * 2, g.height() * 2, image::imageops::FilterType::CatmullRom);
-        return (g2, 2.0);
+        return (upscale2(&g), 2.0);
     }
     (g, 1.0)
+}
+
+/// Twice the size, Catmull-Rom. `fast_image_resize` does it with SIMD row by row: the `image`
+/// crate's generic resampler (f32 RGBA per pixel) took 2.6 s for a 160×12588 strip, this ~1%
+/// of that.
+fn upscale2(g: &GrayImage) -> GrayImage {
+    use fast_image_resize as fr;
+    let (w, h) = (g.width() * 2, g.height() * 2);
+    let resized = (|| {
+        let src = fr::images::ImageRef::new(g.width(), g.height(), g.as_raw(), fr::PixelType::U8).ok()?;
+        let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8);
+        let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
+        fr::Resizer::new().resize(&src, &mut dst, &opts).ok()?;
+        GrayImage::from_raw(w, h, dst.into_vec())
+    })();
+    // The resizer refuses only buffers of the wrong size, which a GrayImage never has.
+    resized.unwrap_or_else(|| image::imageops::resize(g, w, h, image::imageops::FilterType::CatmullRom))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast upscale is the same Catmull-Rom resampling as the `image` crate's: on a
+    /// tall strip of text-like strokes the mean error is a fraction of a grey level, several
+    /// times below what another filter (nearest neighbour) would give.
+    #[test]
+    fn upscale_matches_the_reference_resampler() {
+        let glyph = |x: u32, y: u32| y % 24 >= 6 && y % 24 < 18 && (x % 9 < 2 || y % 24 == 11 || (x + y) % 13 == 0);
+        let g = GrayImage::from_fn(61, 480, |x, y| image::Luma([if glyph(x, y) { 20 } else { 245 }]));
+        let mean_diff = |a: &GrayImage, b: &GrayImage| {
+            assert_eq!(a.dimensions(), b.dimensions());
+            a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y) as f64).sum::<f64>() / a.as_raw().len() as f64
+        };
+        let reference = image::imageops::resize(&g, 122, 960, image::imageops::FilterType::CatmullRom);
+        let nearest = image::imageops::resize(&g, 122, 960, image::imageops::FilterType::Nearest);
+        let fast = upscale2(&g);
+        let (ours, other) = (mean_diff(&fast, &reference), mean_diff(&nearest, &reference));
+        assert!(ours < 1.5 && ours * 4.0 < other, "mean difference {ours} (nearest neighbour: {other})");
+    }
 
     /// The charge follows the decoded sample format: a 16-bit RGBA PNG holds 8 bytes a
     /// pixel once decoded, twice an 8-bit one's 4, and both are at least what decoding holds.
