@@ -28,5 +28,5 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = mem.int(name);
     }
-    let _ = mnema_extract::whisper::model::WhisperModel::from_ct2(&mem);
+    let _ = mnema_extract::whisper::model::WhisperModel::from_ct2(&mem, mnema_extract::whisper::SpeechDtype::Q8);
 });

@@ -7,5 +7,5 @@ use mnema_models::e5q4::E5Q4File;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(f) = E5Q4File::open(&mnema_fuzz::scratch_file("e5-small-q4.bin", data)) else { return };
-    let _ = mnema_extract::bert::Bert::from_e5q4(&f);
+    let _ = mnema_extract::bert::Bert::from_e5q4(&f, mnema_extract::dense::Precision::F32);
 });

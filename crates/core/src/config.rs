@@ -95,6 +95,9 @@ pub struct Config {
     /// Arithmetic of the large products (`MNEMA_DENSE`, one of [`DENSE_MODES`], default
     /// `auto`: bfloat16 where the CPU has AVX-512 BF16, else f32).
     pub dense: String,
+    /// The ONNX Runtime library (`ORT_DYLIB_PATH`, the variable ONNX Runtime's own loaders
+    /// read), else `None`: the `onnxruntime` model files.
+    pub onnxruntime: Option<PathBuf>,
 }
 
 /// An environment variable's value; unset and blank are the same (the default).
@@ -210,6 +213,7 @@ impl Config {
         c.ocr_preprocess = one_of("MNEMA_OCR_PREPROCESS", env_value("MNEMA_OCR_PREPROCESS")?, &OCR_PREPROCESS, &c.ocr_preprocess)?;
         c.speech_dtype = one_of("MNEMA_SPEECH_DTYPE", env_value("MNEMA_SPEECH_DTYPE")?, &SPEECH_DTYPES, &c.speech_dtype)?;
         c.dense = one_of("MNEMA_DENSE", env_value("MNEMA_DENSE")?, &DENSE_MODES, &c.dense)?;
+        c.onnxruntime = path("ORT_DYLIB_PATH");
         // Read elsewhere (the server, the flag parser), but a value that is not text is caught here.
         env_value("MNEMA_TOKEN")?;
         Ok(c)
@@ -245,6 +249,7 @@ impl Config {
             ocr_preprocess: "invert".to_string(),
             speech_dtype: "auto".to_string(),
             dense: "auto".to_string(),
+            onnxruntime: None,
         }
     }
 

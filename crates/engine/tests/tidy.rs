@@ -109,3 +109,40 @@ fn no_sql_outside_the_store() {
     let store = std::fs::read_to_string(repo().join("crates/store/src/lib.rs")).unwrap();
     assert!(store.lines().any(mentions_sql));
 }
+
+/// Settings are read once, by the binary (`Config::resolve` in `mnema-core`, the CLI's
+/// flags): no library below it consults the environment, so what a loader does depends only
+/// on what it was given.
+#[test]
+fn no_environment_reads_below_the_binary() {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(repo().join("crates")).unwrap() {
+        let src = e.unwrap().path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    let allowed = |f: &Path| {
+        let f = f.to_string_lossy();
+        f.ends_with("crates/core/src/config.rs") || f.contains("crates/cli/src") || f.contains("crates/bench/src")
+    };
+    let reads = |l: &str| ["env::var(", "env::var_os(", "env::vars("].iter().any(|w| l.contains(w));
+    let found: Vec<String> = files
+        .iter()
+        .filter(|f| !allowed(f))
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            // Unit tests may set up their own environment.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_string();
+            code.lines()
+                .enumerate()
+                .filter(|(_, l)| reads(l))
+                .map(|(i, l)| format!("{}:{}: {}", f.display(), i + 1, l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(found.is_empty(), "environment read below the binary:\n{}", found.join("\n"));
+    // The check can fail: the configuration does read it.
+    let config = std::fs::read_to_string(repo().join("crates/core/src/config.rs")).unwrap();
+    assert!(config.lines().any(reads));
+}

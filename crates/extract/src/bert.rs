@@ -86,11 +86,10 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// Builds the encoder from the packed 4-bit e5 file.
-    pub fn from_e5q4(f: &E5Q4File) -> Result<Bert> {
+    /// Builds the encoder from the packed 4-bit e5 file, its layers in `precision`.
+    pub fn from_e5q4(f: &E5Q4File, precision: Precision) -> Result<Bert> {
         let c = f.config;
         let (h, ff) = (c.hidden, c.ffn);
-        let precision = Precision::best();
         let eps = c.eps as f32;
         let norm = |w: &str, b: &str| -> Result<Norm> { Ok(Norm { w: f.f32(w, h)?, b: f.f32(b, h)?, eps }) };
         let pos = f.f32("emb.pos", c.max_positions * h)?;
@@ -122,9 +121,9 @@ impl Bert {
         Ok(Bert::assemble(shape, word, pos, type0, ln, layers))
     }
 
-    /// Builds the encoder from Hugging Face BERT tensors (names with or without `bert.`).
-    pub fn from_tensors(t: HashMap<String, Tensor>, heads: usize, layers: usize, eps: f64) -> Result<Bert> {
-        let precision = Precision::best();
+    /// Builds the encoder from Hugging Face BERT tensors (names with or without `bert.`),
+    /// its layers in `precision`.
+    pub fn from_tensors(t: HashMap<String, Tensor>, heads: usize, layers: usize, eps: f64, precision: Precision) -> Result<Bert> {
         let eps = eps as f32;
         let t = std::cell::RefCell::new(t);
         let take = |name: &str| -> Result<(Vec<f32>, Vec<usize>)> {

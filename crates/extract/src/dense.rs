@@ -24,10 +24,16 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The best this CPU runs, unless `MNEMA_DENSE=f32` asks for f32 (the value is checked at
-    /// start by `Config::resolve`).
+    /// The best this CPU runs.
     pub fn best() -> Precision {
-        if std::env::var("MNEMA_DENSE").is_ok_and(|v| v.eq_ignore_ascii_case("f32")) {
+        Precision::choose("auto")
+    }
+
+    /// What the `MNEMA_DENSE` setting (`auto`, `bf16`, `f32`; checked by
+    /// `Config::resolve`) gives on this CPU: f32 when asked for, else bfloat16 where the CPU
+    /// has it.
+    pub fn choose(setting: &str) -> Precision {
+        if setting.eq_ignore_ascii_case("f32") {
             return Precision::F32;
         }
         if bf16_supported() {

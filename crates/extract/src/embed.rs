@@ -12,13 +12,14 @@ use tokenizers::Tokenizer;
 
 /// Expected resident cost of loading an embedder, from its files: weights as they will be
 /// held plus the tokenizer's structures (measured: e5's 17 MB tokenizer.json takes ~200 MB).
-pub fn estimate_cost(models_dir: &Path, name: &str) -> u64 {
+pub fn estimate_cost(rt: &crate::Runtime, name: &str) -> u64 {
+    let models_dir = rt.models_dir.as_path();
     let size = |f: &str| std::fs::metadata(models_dir.join(name).join(f)).map_or(0, |m| m.len());
     match name {
         // Layers expand from 4 bits to bfloat16 (~43 MB) or f32 (~85 MB); the word table
         // stays mapped 4-bit.
         "multilingual-e5-small" if size("e5-small-q4.bin") > 0 => {
-            let layers = if crate::dense::Precision::best() == crate::dense::Precision::Bf16 { 43_000_000 } else { 85_000_000 };
+            let layers = if rt.dense == crate::dense::Precision::Bf16 { 43_000_000 } else { 85_000_000 };
             layers + 54_000_000 + size("tokenizer.json") * 12
         }
         _ => size("model.safetensors") + size("tokenizer.json") * 12,
@@ -29,9 +30,10 @@ pub fn estimate_cost(models_dir: &Path, name: &str) -> u64 {
 /// `MNEMA_EMBEDDER` at start).
 pub use mnema_core::config::EMBEDDERS;
 
-/// Loads an embedding model by catalog name from `models_dir`. The tokenizer (a 17 MB JSON
-/// for e5) is parsed on a second thread while the weights load.
-pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>> {
+/// Loads an embedding model by catalog name from the runtime's model directory. The
+/// tokenizer (a 17 MB JSON for e5) is parsed on a second thread while the weights load.
+pub fn load_embedder(rt: &crate::Runtime, name: &str) -> Result<Box<dyn Embedder>> {
+    let models_dir = rt.models_dir.as_path();
     let (files, prefixes) = match name {
         "multilingual-e5-small" => (
             ModelFiles::require(models_dir, name, &["tokenizer.json"], &["e5-small-q4.bin", "model.safetensors"])?,
@@ -48,10 +50,10 @@ pub fn load_embedder(models_dir: &Path, name: &str) -> Result<Box<dyn Embedder>>
     let t0 = std::time::Instant::now();
     let q4 = files.path("e5-small-q4.bin");
     let bert = if name == "multilingual-e5-small" && q4.is_file() {
-        Bert::from_e5q4(&E5Q4File::open(&q4)?)
+        Bert::from_e5q4(&E5Q4File::open(&q4)?, rt.dense)
     } else {
         let layers = if name == "all-minilm-l6-v2" { 6 } else { 12 };
-        load_safetensors(&files.path("model.safetensors"), 12, layers)
+        load_safetensors(&files.path("model.safetensors"), 12, layers, rt.dense)
     };
     tracing::debug!("{name} weights loaded in {:?}, rss {} MB", t0.elapsed(), mnema_models::manager::process_rss() / 1_000_000);
     let tokenizer = tokenizer.join().map_err(|_| ExtractError::Tokenizer { path: tokenizer_path, reason: "loader panicked".into() })??;
@@ -103,10 +105,10 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-fn load_safetensors(path: &Path, heads: usize, layers: usize) -> Result<Bert> {
+fn load_safetensors(path: &Path, heads: usize, layers: usize, precision: crate::dense::Precision) -> Result<Bert> {
     let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .map_err(|e| mnema_models::ModelError::Format { path: path.into(), reason: e.to_string() })?;
-    Bert::from_tensors(tensors, heads, layers, 1e-12)
+    Bert::from_tensors(tensors, heads, layers, 1e-12, precision)
 }
 
 /// Tokens per forward pass when memory allows: measured fastest here (long texts 30% faster

@@ -19,7 +19,47 @@ pub mod whisper;
 pub use embed::load_embedder;
 pub use mnema_engine::{chunk, Embedder, EngineError, Role, TokenCounter};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// How the engines run on this machine: where their files are and which arithmetic they
+/// use. The binary resolves it once from its [`Config`](mnema_core::Config) and hands it to
+/// every loader; nothing here reads the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// Where model files are looked for.
+    pub models_dir: PathBuf,
+    /// Arithmetic of the large products (bfloat16 only where the CPU has AVX-512 BF16).
+    pub dense: dense::Precision,
+    /// Arithmetic of the speech model's weights.
+    pub speech: whisper::SpeechDtype,
+    /// The ONNX Runtime library, when not the `onnxruntime` model files.
+    pub onnxruntime: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// The fastest arithmetic this CPU has, models from `models_dir`.
+    pub fn new(models_dir: &Path) -> Runtime {
+        Runtime::with_settings(models_dir, "auto", "auto", None)
+    }
+
+    /// From the resolved settings (`MNEMA_DENSE`, `MNEMA_SPEECH_DTYPE`, `ORT_DYLIB_PATH`).
+    pub fn from_config(c: &mnema_core::Config) -> Runtime {
+        Runtime::with_settings(&c.models_dir, &c.dense, &c.speech_dtype, c.onnxruntime.as_deref())
+    }
+
+    /// From setting values as [`Config`](mnema_core::Config) holds them (checked there):
+    /// `dense` one of `auto|bf16|f32`, `speech` one of `auto|bf16|q8|f32`. bfloat16 is
+    /// chosen only where the CPU has it, whatever was asked.
+    pub fn with_settings(models_dir: &Path, dense: &str, speech: &str, onnxruntime: Option<&Path>) -> Runtime {
+        let dense = dense::Precision::choose(dense);
+        Runtime {
+            models_dir: models_dir.to_path_buf(),
+            dense,
+            speech: whisper::SpeechDtype::choose(speech, dense),
+            onnxruntime: onnxruntime.map(Path::to_path_buf),
+        }
+    }
+}
 
 /// Errors from extraction engines.
 #[derive(Debug, thiserror::Error)]
@@ -100,3 +140,35 @@ impl From<ExtractError> for EngineError {
 
 /// Result alias for this crate.
 pub type Result<T, E = ExtractError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dense::{bf16_supported, Precision};
+    use whisper::SpeechDtype;
+
+    /// The settings choose the arithmetic, and bfloat16 only ever where the CPU has it.
+    #[test]
+    fn runtime_follows_the_settings() {
+        let dir = Path::new("/nowhere");
+        let f32 = Runtime::with_settings(dir, "f32", "auto", None);
+        assert_eq!((f32.dense, f32.speech), (Precision::F32, SpeechDtype::Q8));
+        let exact = Runtime::with_settings(dir, "auto", "f32", Some(Path::new("/lib/ort.so")));
+        assert_eq!(exact.speech, SpeechDtype::F32);
+        assert_eq!(exact.onnxruntime.as_deref(), Some(Path::new("/lib/ort.so")));
+        assert_eq!(Runtime::with_settings(dir, "auto", "q8", None).speech, SpeechDtype::Q8);
+        let asked = Runtime::with_settings(dir, "bf16", "bf16", None);
+        let bf16 = if bf16_supported() { Precision::Bf16 } else { Precision::F32 };
+        assert_eq!(asked.dense, bf16);
+        assert_eq!(asked.speech, if bf16_supported() { SpeechDtype::Bf16 } else { SpeechDtype::Q8 });
+        assert_eq!(Runtime::new(dir), Runtime::with_settings(dir, "auto", "auto", None));
+        // The configuration's values reach the runtime.
+        let mut c = mnema_core::Config::at(Path::new("/h"), dir);
+        c.dense = "f32".into();
+        c.speech_dtype = "f32".into();
+        c.onnxruntime = Some("/x/libonnxruntime.so".into());
+        let rt = Runtime::from_config(&c);
+        assert_eq!((rt.dense, rt.speech, rt.models_dir.as_path()), (Precision::F32, SpeechDtype::F32, dir));
+        assert_eq!(rt.onnxruntime, c.onnxruntime);
+    }
+}

@@ -47,19 +47,20 @@ pub(crate) fn ort_env(lib: &Path) -> Result<&'static ort::environment::Environme
     env.as_ref().map_err(|e| ExtractError::Unavailable(e.clone()))
 }
 
-/// Where the ONNX Runtime library is: `ORT_DYLIB_PATH`, else the `onnxruntime` model files.
-pub fn onnxruntime_path(models_dir: &Path) -> Result<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return Ok(p.into());
+/// Where the ONNX Runtime library is: the runtime's (`ORT_DYLIB_PATH`), else the
+/// `onnxruntime` model files.
+pub fn onnxruntime_path(rt: &crate::Runtime) -> Result<std::path::PathBuf> {
+    if let Some(p) = &rt.onnxruntime {
+        return Ok(p.clone());
     }
-    Ok(ModelFiles::require(models_dir, "onnxruntime", &["libonnxruntime.so"], &[])?.path("libonnxruntime.so"))
+    Ok(ModelFiles::require(&rt.models_dir, "onnxruntime", &["libonnxruntime.so"], &[])?.path("libonnxruntime.so"))
 }
 
 impl SileroVad {
-    /// Loads Silero VAD from the `silero-vad` model files.
-    pub fn load(models_dir: &Path) -> Result<SileroVad> {
-        let files = ModelFiles::require(models_dir, "silero-vad", &["silero_vad.onnx"], &[])?;
-        let env = ort_env(&onnxruntime_path(models_dir)?)?;
+    /// Loads Silero VAD from the runtime's `silero-vad` model files.
+    pub fn load(rt: &crate::Runtime) -> Result<SileroVad> {
+        let files = ModelFiles::require(&rt.models_dir, "silero-vad", &["silero_vad.onnx"], &[])?;
+        let env = ort_env(&onnxruntime_path(rt)?)?;
         let path = files.path("silero_vad.onnx");
         let fail = |e: String| ExtractError::Model(mnema_models::ModelError::Format { path: path.clone(), reason: e });
         let session = ort::session::Session::builder(env)
@@ -150,8 +151,8 @@ impl Vad for EnergyVad {
 }
 
 /// Silero when it loads, else the energy gate (with a warning saying why).
-pub fn load_vad(models_dir: &Path) -> Box<dyn Vad> {
-    match SileroVad::load(models_dir) {
+pub fn load_vad(rt: &crate::Runtime) -> Box<dyn Vad> {
+    match SileroVad::load(rt) {
         Ok(v) => Box::new(v),
         Err(e) => {
             tracing::warn!("Silero VAD unavailable ({e}); using a loudness gate");

@@ -46,7 +46,7 @@ fn embed_all(e: &dyn Embedder, refs: &[Reference]) -> Vec<Vec<f32>> {
 
 #[test]
 fn e5_matches_independent_reference_engine() {
-    let e = load_embedder(&models_dir(), "multilingual-e5-small").unwrap();
+    let e = load_embedder(&mnema_extract::Runtime::new(&models_dir()), "multilingual-e5-small").unwrap();
     let (source, refs) = reference("e5_reference.json");
     let ours = embed_all(e.as_ref(), &refs);
     for (r, v) in refs.iter().zip(&ours) {
@@ -62,7 +62,7 @@ fn e5_matches_independent_reference_engine() {
 
 #[test]
 fn e5_ranks_matching_passages_first_across_languages() {
-    let e = load_embedder(&models_dir(), "multilingual-e5-small").unwrap();
+    let e = load_embedder(&mnema_extract::Runtime::new(&models_dir()), "multilingual-e5-small").unwrap();
     let passages = [
         "Как приготовить борщ: свёкла, капуста, картофель и морковь варятся в бульоне два часа.",
         "Отменить подписку можно в настройках аккаунта в любой момент.",
@@ -97,7 +97,7 @@ fn e5_ranks_matching_passages_first_across_languages() {
 
 #[test]
 fn minilm_matches_sentence_transformers() {
-    let e = load_embedder(&models_dir(), "all-minilm-l6-v2").unwrap();
+    let e = load_embedder(&mnema_extract::Runtime::new(&models_dir()), "all-minilm-l6-v2").unwrap();
     let (source, refs) = reference("minilm_reference.json");
     let ours = embed_all(e.as_ref(), &refs);
     for (r, v) in refs.iter().zip(&ours) {
@@ -108,7 +108,7 @@ fn minilm_matches_sentence_transformers() {
 
 #[test]
 fn chunks_respect_token_limit_and_overlap() {
-    let e = load_embedder(&models_dir(), "multilingual-e5-small").unwrap();
+    let e = load_embedder(&mnema_extract::Runtime::new(&models_dir()), "multilingual-e5-small").unwrap();
     let para = "Векторный поиск находит заметки по смыслу, а не по словам. Vector search finds notes by meaning.\n";
     let text = para.repeat(40);
     let spec = ChunkSpec { max_tokens: 64, overlap: 8 };
@@ -136,7 +136,7 @@ fn chunks_respect_token_limit_and_overlap() {
 /// fell between the two, in no chunk. Every word of a note is in some chunk.
 #[test]
 fn no_text_falls_between_chunks() {
-    let e = load_embedder(&models_dir(), "multilingual-e5-small").unwrap();
+    let e = load_embedder(&mnema_extract::Runtime::new(&models_dir()), "multilingual-e5-small").unwrap();
     let bytes =
         std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/note_reader/gap-between-chunks.md")).unwrap();
     let text = mnema_extract::note::note_text(bytes.clone()).unwrap();

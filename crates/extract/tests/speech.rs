@@ -17,7 +17,7 @@ fn models_dir() -> PathBuf {
 
 fn whisper() -> &'static Whisper {
     static W: OnceLock<Whisper> = OnceLock::new();
-    W.get_or_init(|| load_whisper(&models_dir(), "whisper-base").expect("whisper-base: run scripts/setup.sh"))
+    W.get_or_init(|| load_whisper(&mnema_extract::Runtime::new(&models_dir()), "whisper-base").expect("whisper-base: run scripts/setup.sh"))
 }
 
 fn dir() -> PathBuf {
@@ -52,7 +52,7 @@ fn concat(name: &str, parts: &[&Path]) -> PathBuf {
 fn transcribe(path: &Path, vad: bool, opts: &TranscribeOptions) -> Transcript {
     let mut stream = AudioStream::open(path).unwrap();
     if vad {
-        let mut v = SileroVad::load(&models_dir()).expect("silero VAD and onnxruntime: run scripts/setup.sh");
+        let mut v = SileroVad::load(&mnema_extract::Runtime::new(&models_dir())).expect("silero VAD and onnxruntime: run scripts/setup.sh");
         whisper().transcribe(&mut stream, Some(&mut v as &mut dyn Vad), opts, |_, _| {}).unwrap()
     } else {
         whisper().transcribe(&mut stream, None, opts, |_, _| {}).unwrap()
@@ -259,7 +259,7 @@ fn hub_safetensors_layout_reads_the_same() {
     candle_core::safetensors::save(&hub, dst.join("model.safetensors")).unwrap();
     drop(hub);
     std::fs::copy(models_dir().join("whisper-base/tokenizer.json"), dst.join("tokenizer.json")).unwrap();
-    let from_hub = load_whisper(&home, "whisper-base").unwrap();
+    let from_hub = load_whisper(&mnema_extract::Runtime::new(&home), "whisper-base").unwrap();
     let p = speech("hub", "en", &format!("{FOX} {TRAIN}"), 0.5, 0.5);
     let opts = ru_en();
     let read = |w: &Whisper| w.transcribe(&mut AudioStream::open(&p).unwrap(), None, &opts, |_, _| {}).unwrap();

@@ -14,7 +14,7 @@ use mnema_extract::note::io_reason;
 use mnema_extract::ocr::{join_lines, EngineOptions, OcrPool};
 use mnema_extract::vad::Vad;
 use mnema_extract::whisper::{parse_language, TranscribeOptions, Transcript, Whisper};
-use mnema_extract::{load_embedder, ExtractError};
+use mnema_extract::{load_embedder, ExtractError, Runtime};
 use mnema_models::manager::ModelManager;
 use mnema_store::{CopyMeta, NewItem, Store};
 use rayon::prelude::*;
@@ -130,10 +130,10 @@ struct Pending {
 /// The embedding model `name` through the memory budget. Its batch size is set from the
 /// budget left once it is loaded.
 pub fn acquire_embedder(config: &Config, models: &ModelManager, name: &str) -> Result<Arc<Box<dyn Embedder>>, ExtractError> {
-    let estimate = mnema_extract::embed::estimate_cost(&config.models_dir, name);
+    let estimate = mnema_extract::embed::estimate_cost(&Runtime::from_config(config), name);
     let e = models.acquire(name, estimate, || {
         let _s = stage("load-model");
-        load_embedder(&config.models_dir, name)
+        load_embedder(&Runtime::from_config(config), name)
     })?;
     // Activations cost about 24 KB per token in a batch (384-wide model, 1536-wide FFN).
     e.set_max_batch_tokens((models.free() / (24 << 10)).clamp(256, mnema_extract::embed::MAX_BATCH_TOKENS as u64) as usize);
@@ -145,7 +145,7 @@ pub fn acquire_whisper(config: &Config, models: &ModelManager, name: &str) -> Re
     let estimate = mnema_extract::whisper::estimate_cost(&config.models_dir, name);
     models.acquire(&format!("asr:{name}"), estimate, || {
         let _s = stage("load-model");
-        mnema_extract::whisper::load_whisper(&config.models_dir, name)
+        mnema_extract::whisper::load_whisper(&Runtime::from_config(config), name)
     })
 }
 
@@ -154,7 +154,7 @@ pub fn acquire_whisper(config: &Config, models: &ModelManager, name: &str) -> Re
 pub fn acquire_vad(config: &Config, models: &ModelManager) -> Result<Arc<Mutex<Box<dyn Vad>>>, ExtractError> {
     models.acquire("vad:silero", 40 << 20, || {
         let _s = stage("load-model");
-        Ok::<_, ExtractError>(Mutex::new(mnema_extract::vad::load_vad(&config.models_dir)))
+        Ok::<_, ExtractError>(Mutex::new(mnema_extract::vad::load_vad(&Runtime::from_config(config))))
     })
 }
 

@@ -956,7 +956,7 @@ fn fits(st: &State, what: &str, bytes: u64) -> ApiResult<()> {
 }
 
 async fn ocr_engines(AxState(st): AxState<State>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "engines": mnema_extract::ocr::engines_in(&st.config.models_dir) }))
+    Json(serde_json::json!({ "engines": mnema_extract::ocr::engines_in(&mnema_extract::Runtime::from_config(&st.config)) }))
 }
 
 #[derive(Deserialize)]
@@ -991,7 +991,7 @@ async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, head
         Ok::<_, ApiError>((prepared, page))
     })
     .await?;
-    let all = mnema_extract::ocr::engines_in(&st.config.models_dir);
+    let all = mnema_extract::ocr::engines_in(&mnema_extract::Runtime::from_config(&st.config));
     let wanted: Vec<&'static str> = match p.engines.as_deref().unwrap_or("all") {
         "all" => all.iter().filter(|e| e.available).map(|e| e.name).collect(),
         list => {
@@ -1016,7 +1016,11 @@ async fn ocr(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<OcrParams>, head
             let r = st
                 .models
                 .acquire(&format!("ocr:{name}:1"), per, || {
-                    mnema_extract::ocr::OcrPool::new(name, &mnema_extract::ocr::EngineOptions::with_models(&st.config.models_dir), 1)
+                    mnema_extract::ocr::OcrPool::new(
+                        name,
+                        &mnema_extract::ocr::EngineOptions::new(&mnema_extract::Runtime::from_config(&st.config)),
+                        1,
+                    )
                 })
                 .and_then(|pool| {
                     pool.recognize_all(std::slice::from_ref(&prepared))

@@ -126,7 +126,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     }
 
     // OCR engines, as the engine registry finds them (Tesseract needs Debian's packages).
-    for e in mnema_extract::ocr::engines_in(&c.models_dir).into_iter().filter(|e| e.name == "tesseract") {
+    for e in mnema_extract::ocr::engines_in(&mnema_extract::Runtime::from_config(c)).into_iter().filter(|e| e.name == "tesseract") {
         checks.push(if e.available {
             check_item("tesseract rus+eng", "ok", format!("OCR languages: {}", e.languages), None)
         } else {
@@ -160,7 +160,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     } else {
         check_item("swap", "ok", swap_detail, None)
     });
-    let need = mnema_extract::embed::estimate_cost(&c.models_dir, &c.embedder);
+    let need = mnema_extract::embed::estimate_cost(&mnema_extract::Runtime::from_config(c), &c.embedder);
     let models_share = ctx.models.budget();
     checks.push(check_item(
         "memory budget",
@@ -187,7 +187,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
             "{cores} cores, {} {}; large products in {}",
             std::env::consts::ARCH,
             feats,
-            match mnema_extract::dense::Precision::best() {
+            match mnema_extract::Runtime::from_config(c).dense {
                 mnema_extract::dense::Precision::Bf16 => "bfloat16",
                 mnema_extract::dense::Precision::F32 => "f32",
             }

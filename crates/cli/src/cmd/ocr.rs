@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
         None => None,
     };
     // The registry looks for model files and ONNX Runtime: asked once.
-    let registry = engines_in(&ctx.config.models_dir);
+    let registry = engines_in(&mnema_extract::Runtime::from_config(&ctx.config));
     let names: Vec<&'static str> = if a.compare {
         registry.iter().filter(|e| e.available).map(|e| e.name).collect()
     } else {
@@ -60,7 +60,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<u8> {
     // Pools are cached by engine and worker count: a pool of one is never used as two.
     let load = |name: &'static str| {
         ctx.models.acquire(&format!("ocr:{name}:{workers}"), est(name), || {
-            OcrPool::new(name, &EngineOptions::with_models(&ctx.config.models_dir), workers)
+            OcrPool::new(name, &EngineOptions::new(&mnema_extract::Runtime::from_config(&ctx.config)), workers)
         })
     };
     // Images go in batches bounded by their pixels (read from each header), and within a

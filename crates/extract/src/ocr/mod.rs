@@ -41,21 +41,14 @@ pub struct EngineOptions {
     pub threads: usize,
     /// `cpu` (the only device here).
     pub device: String,
-    /// Where engines that need model files find them.
-    pub models_dir: std::path::PathBuf,
+    /// Where engines that need model files (and ONNX Runtime) find them.
+    pub runtime: crate::Runtime,
 }
 
 impl EngineOptions {
-    /// Default options with models from `models_dir`.
-    pub fn with_models(models_dir: &std::path::Path) -> EngineOptions {
-        EngineOptions { models_dir: models_dir.into(), ..EngineOptions::default() }
-    }
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        let models_dir = std::env::var_os("MNEMA_MODELS").map_or_else(|| "models".into(), Into::into);
-        EngineOptions { languages: vec!["rus".into(), "eng".into()], threads: 1, device: "cpu".into(), models_dir }
+    /// Russian and English, one thread, on the CPU, with the runtime's model files.
+    pub fn new(rt: &crate::Runtime) -> EngineOptions {
+        EngineOptions { languages: vec!["rus".into(), "eng".into()], threads: 1, device: "cpu".into(), runtime: rt.clone() }
     }
 }
 
@@ -82,13 +75,8 @@ pub struct EngineInfo {
     pub memory: u64,
 }
 
-/// Every engine mnema knows, with its availability here (models from the default place).
-pub fn engines() -> Vec<EngineInfo> {
-    engines_in(&EngineOptions::default().models_dir)
-}
-
-/// Every engine mnema knows, with its availability given the models in `models_dir`.
-pub fn engines_in(models_dir: &std::path::Path) -> Vec<EngineInfo> {
+/// Every engine mnema knows, with its availability given the runtime's model files.
+pub fn engines_in(rt: &crate::Runtime) -> Vec<EngineInfo> {
     let mut v = Vec::new();
     #[cfg(feature = "tesseract")]
     v.push(tesseract::info());
@@ -100,7 +88,7 @@ pub fn engines_in(models_dir: &std::path::Path) -> Vec<EngineInfo> {
         reason: Some("built without the `tesseract` feature".into()),
         memory: 0,
     });
-    v.push(paddle::info(models_dir));
+    v.push(paddle::info(rt));
     v.push(EngineInfo {
         name: "apple-vision",
         languages: "rus, eng, …",
@@ -113,7 +101,7 @@ pub fn engines_in(models_dir: &std::path::Path) -> Vec<EngineInfo> {
 
 /// Loads one engine by name.
 pub fn load_engine(name: &str, opts: &EngineOptions) -> Result<Box<dyn OcrEngine>> {
-    let all = engines_in(&opts.models_dir);
+    let all = engines_in(&opts.runtime);
     let info = all.iter().find(|e| e.name == name).cloned().ok_or_else(|| {
         ExtractError::BadInput(format!(
             "unknown OCR engine '{name}' (engines: {})",
@@ -235,15 +223,15 @@ mod tests {
 
     #[test]
     fn registry_explains_unavailable_engines() {
-        let none = std::env::temp_dir().join("mnema-no-models");
+        let none = crate::Runtime::new(&std::env::temp_dir().join("mnema-no-models"));
         let all = engines_in(&none);
         assert!(all.iter().any(|e| e.name == "paddle-ocr" && !e.available), "paddle-ocr needs its model files");
         assert!(all.iter().any(|e| e.name == "tesseract"));
         for e in all.iter().filter(|e| !e.available) {
             assert!(e.reason.as_deref().is_some_and(|r| !r.is_empty()), "{e:?}");
-            let err = load_engine(e.name, &EngineOptions::with_models(&none)).err().unwrap().to_string();
+            let err = load_engine(e.name, &EngineOptions::new(&none)).err().unwrap().to_string();
             assert!(err.contains("unavailable"), "{err}");
         }
-        assert!(load_engine("nope", &EngineOptions::default()).is_err());
+        assert!(load_engine("nope", &EngineOptions::new(&none)).is_err());
     }
 }

@@ -19,9 +19,9 @@ const MODEL: &str = "paddle-ocr";
 const DET: &str = "det.onnx";
 const REC: &str = "rec.onnx";
 
-pub(super) fn info(models_dir: &Path) -> EngineInfo {
-    let missing = ModelFiles::require(models_dir, MODEL, &[DET, REC], &[]).err();
-    let ort = onnxruntime_path(models_dir).err();
+pub(super) fn info(rt: &crate::Runtime) -> EngineInfo {
+    let missing = ModelFiles::require(&rt.models_dir, MODEL, &[DET, REC], &[]).err();
+    let ort = onnxruntime_path(rt).err();
     let reason = match (missing, ort) {
         (Some(e), _) => Some(e.to_string()),
         (_, Some(e)) => Some(e.to_string()),
@@ -57,8 +57,8 @@ fn session(env: &ort::environment::Environment, path: &Path, threads: usize) -> 
 
 impl Paddle {
     pub(super) fn new(opts: &EngineOptions) -> Result<Paddle> {
-        let files = ModelFiles::require(&opts.models_dir, MODEL, &[DET, REC], &[])?;
-        let env = crate::vad::ort_env(&onnxruntime_path(&opts.models_dir)?)?;
+        let files = ModelFiles::require(&opts.runtime.models_dir, MODEL, &[DET, REC], &[])?;
+        let env = crate::vad::ort_env(&onnxruntime_path(&opts.runtime)?)?;
         let det = session(env, &files.path(DET), opts.threads)?;
         let rec = session(env, &files.path(REC), opts.threads)?;
         let dict = rec.metadata().ok().and_then(|m| m.custom("character")).ok_or_else(|| {

@@ -185,7 +185,7 @@ mod tests {
         let img = crate::ocr::script::tests::page(&truth, 24, "DejaVu-Sans", true);
         let bands = script::bands(&img);
         assert!(script::latin_split(&bands).is_some(), "this page is split: {bands:?}");
-        let mut tess = Tess::new(&EngineOptions::default()).unwrap();
+        let mut tess = Tess::new(&EngineOptions::new(&crate::Runtime::new(std::path::Path::new("models")))).unwrap();
         let split = tess.recognize(&img).unwrap();
         let whole = read(&mut tess.api, &img).unwrap();
         // Every line, in order, with its own box in the page's coordinates.

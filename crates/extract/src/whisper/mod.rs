@@ -120,6 +120,7 @@ pub struct Whisper {
 
 /// Names of the speech models mnema can load (the list lives in `mnema-core`).
 pub use mnema_core::config::SPEECH_MODELS;
+pub use model::SpeechDtype;
 
 /// Expected resident cost of a loaded Whisper model: weights held about as large as the fp16
 /// file (8-bit layers, the token table as f16 rows plus 8-bit blocks), plus one window's
@@ -142,7 +143,8 @@ fn language_codes() -> &'static [&'static str] {
 
 /// Loads a Whisper model by catalog name: CTranslate2 `model.bin` as shipped, or the hub's
 /// `model.safetensors`, with `tokenizer.json` and (optionally) `config.json`.
-pub fn load_whisper(models_dir: &Path, name: &str) -> Result<Whisper> {
+pub fn load_whisper(rt: &crate::Runtime, name: &str) -> Result<Whisper> {
+    let models_dir = rt.models_dir.as_path();
     if !SPEECH_MODELS.contains(&name) {
         return Err(mnema_models::ModelError::Unknown(format!("{name} (speech models: {})", SPEECH_MODELS.join(", "))).into());
     }
@@ -153,9 +155,9 @@ pub fn load_whisper(models_dir: &Path, name: &str) -> Result<Whisper> {
     });
     let ct2 = files.path("model.bin");
     let model = if ct2.is_file() {
-        WhisperModel::from_ct2(&mnema_models::ct2::Ct2File::open(&ct2)?)?
+        WhisperModel::from_ct2(&mnema_models::ct2::Ct2File::open(&ct2)?, rt.speech)?
     } else {
-        WhisperModel::from_safetensors(&files.path("model.safetensors"), 8)?
+        WhisperModel::from_safetensors(&files.path("model.safetensors"), 8, rt.speech)?
     };
     let tokenizer = tokenizer
         .join()

@@ -37,7 +37,7 @@ pub struct WhisperShape {
 }
 
 /// A linear layer. The encoder multiplies 1500 frames at once (compute-bound): bfloat16 panels
-/// where the CPU has AVX-512 BF16, else 8-bit blocks or f32 (`MNEMA_SPEECH_DTYPE`). The
+/// where the CPU has AVX-512 BF16, else 8-bit blocks or f32 ([`SpeechDtype`]). The
 /// decoder runs one token at a time (reading the weights is the cost): 8-bit blocks, a
 /// quarter of f32's bytes, as CTranslate2's int8 mode does.
 enum Lin {
@@ -64,7 +64,7 @@ impl Lin {
     }
 
     /// As bfloat16 [`Dense`] panels (f32 layers; others unchanged). Only for CPUs with
-    /// AVX-512 BF16 ([`speech_dtype`] decides).
+    /// AVX-512 BF16 ([`SpeechDtype::choose`] decides).
     fn dense(self) -> Result<Lin> {
         Ok(match self {
             Lin::F32(l) => {
@@ -277,7 +277,7 @@ fn attn(s: &dyn Source, p: &str, cross: bool) -> Result<Attn> {
     })
 }
 
-fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
+fn block(s: &dyn Source, p: &str, decoder: bool, dtype: SpeechDtype) -> Result<Block> {
     let b = Block {
         attn: attn(s, &format!("{p}/self_attention"), false)?,
         cross: if decoder { Some(attn(s, &format!("{p}/attention"), true)?) } else { None },
@@ -285,7 +285,6 @@ fn block(s: &dyn Source, p: &str, decoder: bool) -> Result<Block> {
         fc1: linear(s, &format!("{p}/ffn/linear_0"))?,
         fc2: linear(s, &format!("{p}/ffn/linear_1"))?,
     };
-    let dtype = speech_dtype();
     // Encoder: every product runs over 1500 frames at once, in the chosen arithmetic.
     // Decoder: everything applied per token goes 8-bit; the cross-attention K/V projection
     // runs once per window over 1500 frames and stays wide (bfloat16 where the encoder is).
@@ -331,7 +330,7 @@ fn q8_from_f16(bits: &[u16], rows: usize, cols: usize) -> Result<QTensor> {
 
 /// How the encoder's linear layers hold weights and multiply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SpeechDtype {
+pub enum SpeechDtype {
     /// bfloat16 on AVX-512 BF16 CPUs (the default there): twice the f32 rate, half its memory.
     Bf16,
     /// 8-bit blocks (the default elsewhere): ~30% faster than f32 here and a quarter of the
@@ -341,14 +340,18 @@ enum SpeechDtype {
     F32,
 }
 
-/// `MNEMA_SPEECH_DTYPE=bf16|q8|f32`, else the fastest this CPU has.
-fn speech_dtype() -> SpeechDtype {
-    let bf16 = Precision::best() == Precision::Bf16;
-    match std::env::var("MNEMA_SPEECH_DTYPE").as_deref() {
-        Ok("f32") => SpeechDtype::F32,
-        Ok("q8") => SpeechDtype::Q8,
-        _ if bf16 => SpeechDtype::Bf16,
-        _ => SpeechDtype::Q8,
+impl SpeechDtype {
+    /// What the `MNEMA_SPEECH_DTYPE` setting (`auto`, `bf16`, `q8`, `f32`; checked by
+    /// `Config::resolve`) gives where the large products run in `dense`: f32 or 8-bit when
+    /// asked for, else bfloat16 where the CPU has it (`dense` is bfloat16 only there), else
+    /// 8-bit.
+    pub fn choose(setting: &str, dense: Precision) -> SpeechDtype {
+        match setting.to_ascii_lowercase().as_str() {
+            "f32" => SpeechDtype::F32,
+            "q8" => SpeechDtype::Q8,
+            _ if dense == Precision::Bf16 => SpeechDtype::Bf16,
+            _ => SpeechDtype::Q8,
+        }
     }
 }
 
@@ -374,8 +377,8 @@ fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl WhisperModel {
-    /// Builds the model from a CTranslate2 `WhisperSpec` file.
-    pub fn from_ct2(f: &Ct2File) -> Result<WhisperModel> {
+    /// Builds the model from a CTranslate2 `WhisperSpec` file, its encoder in `dtype`.
+    pub fn from_ct2(f: &Ct2File, dtype: SpeechDtype) -> Result<WhisperModel> {
         if f.spec != "WhisperSpec" {
             return Err(mnema_models::ModelError::Format {
                 path: f.path().into(),
@@ -383,11 +386,12 @@ impl WhisperModel {
             }
             .into());
         }
-        Self::build(&Ct2Source(f), f.names())
+        Self::build(&Ct2Source(f), f.names(), dtype)
     }
 
-    /// Builds the model from Hugging Face safetensors (`openai/whisper-*`).
-    pub fn from_safetensors(path: &std::path::Path, heads: usize) -> Result<WhisperModel> {
+    /// Builds the model from Hugging Face safetensors (`openai/whisper-*`), its encoder in
+    /// `dtype`.
+    pub fn from_safetensors(path: &std::path::Path, heads: usize, dtype: SpeechDtype) -> Result<WhisperModel> {
         let t = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| mnema_models::ModelError::Format { path: path.into(), reason: e.to_string() })?;
         let names: Vec<String> = t
@@ -395,10 +399,10 @@ impl WhisperModel {
             .map(|k| k.replace("model.encoder.layers.", "encoder/layer_").replace("model.decoder.layers.", "decoder/layer_"))
             .collect();
         let src = HfSource { t, heads, path: path.into() };
-        Self::build(&src, names.iter().map(String::as_str))
+        Self::build(&src, names.iter().map(String::as_str), dtype)
     }
 
-    fn build<'a>(s: &dyn Source, names: impl Iterator<Item = &'a str>) -> Result<WhisperModel> {
+    fn build<'a>(s: &dyn Source, names: impl Iterator<Item = &'a str>, dtype: SpeechDtype) -> Result<WhisperModel> {
         let mut enc_layers = 0;
         let mut dec_layers = 0;
         for n in names {
@@ -433,8 +437,8 @@ impl WhisperModel {
             text_ctx: dec_pos.dim(0)?,
             vocab,
         };
-        let encoder = (0..enc_layers).map(|i| block(s, &format!("encoder/layer_{i}"), false)).collect::<Result<Vec<_>>>()?;
-        let decoder = (0..dec_layers).map(|i| block(s, &format!("decoder/layer_{i}"), true)).collect::<Result<Vec<_>>>()?;
+        let encoder = (0..enc_layers).map(|i| block(s, &format!("encoder/layer_{i}"), false, dtype)).collect::<Result<Vec<_>>>()?;
+        let decoder = (0..dec_layers).map(|i| block(s, &format!("decoder/layer_{i}"), true, dtype)).collect::<Result<Vec<_>>>()?;
         let bytes = |b: &Block| {
             let a = |a: &Attn| a.q_or_qkv.bytes() + a.kv.as_ref().map_or(0, Lin::bytes) + a.out.bytes();
             a(&b.attn) + b.cross.as_ref().map_or(0, a) + b.fc1.bytes() + b.fc2.bytes()
