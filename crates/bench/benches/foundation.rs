@@ -12,7 +12,7 @@ use mnema_bench::*;
 use mnema_core::{Chunk, Filters, Kind, SearchMode};
 use mnema_extract::{load_embedder, Embedder, Role};
 use mnema_search::{search_with_vector, SearchQuery};
-use mnema_store::{NewItem, Store};
+use mnema_store::{NewItem, SqliteStore, Store};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -168,7 +168,7 @@ fn search_latency(tmp: &Path) {
         let mut rng = Rng::new(n as u64);
         let vecs = synthetic_vectors(&mut rng, n, &centroids);
         let t = Instant::now();
-        let mut store = Store::open(&home).unwrap();
+        let store = SqliteStore::open(&home).unwrap();
         let per = 5000;
         for start in (0..n).step_by(per) {
             let rows: Vec<(NewItem, mnema_store::EmbeddedChunks)> = (start..(start + per).min(n))
@@ -193,7 +193,7 @@ fn search_latency(tmp: &Path) {
         let build = t.elapsed().as_secs_f64();
         let index_mb = store.index_memory_bytes() as f64 / 1e6;
         drop(store);
-        let mut store = Store::open(&home).unwrap();
+        let store = SqliteStore::open(&home).unwrap();
         store.warm().unwrap();
 
         let queries = synthetic_vectors(&mut rng, 200, &centroids);
@@ -202,14 +202,14 @@ fn search_latency(tmp: &Path) {
             (0..200).map(|i| (0..2 + i % 2).map(|_| vocab.query_word(&mut rng)).collect::<Vec<_>>().join(" ")).collect();
         let q = |i: usize, mode| SearchQuery { text: texts[i].clone(), mode, filters: Filters::default(), limit: 10 };
         let kw = time_ms(200, |i| {
-            search_with_vector(&mut store, None, &q(i, SearchMode::Keyword)).unwrap();
+            search_with_vector(&store, None, &q(i, SearchMode::Keyword)).unwrap();
         });
         let mut approx = Vec::new();
         let vec_t = time_ms(200, |i| {
             approx.push(store.vector_candidates(&queries[i], &Filters::default(), 10).unwrap());
         });
         let hy = time_ms(200, |i| {
-            search_with_vector(&mut store, Some(&queries[i]), &q(i, SearchMode::Hybrid)).unwrap();
+            search_with_vector(&store, Some(&queries[i]), &q(i, SearchMode::Hybrid)).unwrap();
         });
         // Recall against exact brute force over the same vectors (keys are chunk ids 1..=n).
         let mut found = 0;

@@ -260,7 +260,7 @@ mod tests {
     /// times below what another filter (nearest neighbour) would give.
     #[test]
     fn upscale_matches_the_reference_resampler() {
-        let glyph = |x: u32, y: u32| y % 24 >= 6 && y % 24 < 18 && (x % 9 < 2 || y % 24 == 11 || (x + y) % 13 == 0);
+        let glyph = |x: u32, y: u32| y % 24 >= 6 && y % 24 < 18 && (x % 9 < 2 || y % 24 == 11 || (x + y).is_multiple_of(13));
         let g = GrayImage::from_fn(61, 480, |x, y| image::Luma([if glyph(x, y) { 20 } else { 245 }]));
         let mean_diff = |a: &GrayImage, b: &GrayImage| {
             assert_eq!(a.dimensions(), b.dimensions());

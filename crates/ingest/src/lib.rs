@@ -220,14 +220,14 @@ pub fn audio_chunks(t: &Transcript, max_chars: usize) -> Vec<Chunk> {
 /// some file needs it.
 pub struct Ingester<'a> {
     config: &'a Config,
-    store: &'a mut Store,
+    store: &'a dyn Store,
     models: &'a ModelManager,
     embedder: Option<Arc<Box<dyn Embedder>>>,
 }
 
 impl<'a> Ingester<'a> {
     /// An ingester writing into `store`, loading models through `models`.
-    pub fn new(config: &'a Config, store: &'a mut Store, models: &'a ModelManager) -> Ingester<'a> {
+    pub fn new(config: &'a Config, store: &'a dyn Store, models: &'a ModelManager) -> Ingester<'a> {
         Ingester { config, store, models, embedder: None }
     }
 

@@ -4,7 +4,7 @@
 use mnema_core::Config;
 use mnema_ingest::{Ingester, Progress, Status};
 use mnema_models::manager::ModelManager;
-use mnema_store::Store;
+use mnema_store::SqliteStore;
 use std::path::PathBuf;
 
 #[test]
@@ -22,10 +22,10 @@ fn long_notes_report_chunks_embedded_before_their_outcome() {
     std::fs::write(&long, text).unwrap();
     let short = dir.path().join("short.md");
     std::fs::write(&short, "Короткая заметка.\n").unwrap();
-    let mut store = Store::open(&config.home).unwrap();
+    let store = SqliteStore::open(&config.home).unwrap();
     let manager = ModelManager::new(2 << 30);
     let mut events: Vec<(String, usize, usize)> = Vec::new();
-    let outcomes = Ingester::new(&config, &mut store, &manager)
+    let outcomes = Ingester::new(&config, &store, &manager)
         .run_with(&[short.clone(), long.clone()], |p| match p {
             Progress::File(o) => events.push((o.path.file_name().unwrap().to_string_lossy().into_owned(), o.chunks, 0)),
             Progress::Chunks { path, done, total } => {

@@ -58,7 +58,7 @@ impl SearchError {
 
 /// Runs a query. `embedder` is needed for semantic and hybrid modes (hybrid falls back to
 /// keyword-only when it is `None`).
-pub fn search(store: &mut Store, embedder: Option<&dyn Embedder>, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
+pub fn search(store: &dyn Store, embedder: Option<&dyn Embedder>, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
     let query = q.text.trim();
     if query.is_empty() {
         return Err(SearchError::EmptyQuery);
@@ -80,7 +80,7 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// Runs a query whose embedding is already computed (`None`: keyword only; semantic mode
 /// then finds nothing).
-pub fn search_with_vector(store: &mut Store, vector: Option<&[f32]>, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
+pub fn search_with_vector(store: &dyn Store, vector: Option<&[f32]>, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
     let query = q.text.trim();
     if query.is_empty() {
         return Err(SearchError::EmptyQuery);
@@ -91,7 +91,7 @@ pub fn search_with_vector(store: &mut Store, vector: Option<&[f32]>, q: &SearchQ
     let terms = text::query_terms(query);
     // Several chunks of one item may match; fetch extra so `limit` distinct items remain.
     let depth = (q.limit * 4).max(50);
-    let semantic = |store: &mut Store| -> Result<Vec<(i64, f64)>, SearchError> {
+    let semantic = |store: &dyn Store| -> Result<Vec<(i64, f64)>, SearchError> {
         match vector {
             Some(v) => Ok(store.vector_candidates(v, &q.filters, depth)?),
             None => Ok(Vec::new()),

@@ -36,9 +36,9 @@ pub(crate) const MAX_NAME_BYTES: usize = 200;
 pub(crate) struct Inner {
     config: Config,
     models: Arc<ModelManager>,
-    /// One connection for reads and deletes; ingest jobs open their own (SQLite WAL lets
+    /// The store for reads and deletes; ingest jobs open their own handle (SQLite WAL lets
     /// readers go on while a job writes).
-    store: Mutex<Store>,
+    store: Box<dyn Store>,
     pub(crate) opts: ServeOptions,
     /// The address the server is bound to and this machine's name (the `Host` check).
     pub(crate) bound: SocketAddr,
@@ -87,12 +87,12 @@ impl QueryCache {
 
 pub(crate) type State = Arc<Inner>;
 
-pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Store, opts: ServeOptions, bound: SocketAddr) -> State {
+pub(crate) fn new_state(config: Config, models: Arc<ModelManager>, store: Box<dyn Store>, opts: ServeOptions, bound: SocketAddr) -> State {
     let (queue, jobs_rx) = std::sync::mpsc::sync_channel(JOB_QUEUE);
     let st = Arc::new(Inner {
         config,
         models,
-        store: Mutex::new(store),
+        store,
         opts,
         bound,
         hostname: sysinfo::System::host_name().ok(),
@@ -335,7 +335,7 @@ async fn same_origin_only(mut resp: Response) -> Response {
 
 async fn health(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
     let st2 = st.clone();
-    let items = blocking(move || Ok(st2.store.lock().unwrap_or_else(|e| e.into_inner()).stats()?.items)).await?;
+    let items = blocking(move || Ok(st2.store.stats()?.items)).await?;
     Ok(Json(
         serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "items": items, "uptime_s": st.started.elapsed().as_secs() }),
     ))
@@ -378,7 +378,7 @@ async fn search(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<SearchParams>
     };
     let hits = blocking(move || {
         // The query vector is computed before taking the store, so searches embed in parallel.
-        let name = st.store.lock().unwrap_or_else(|e| e.into_inner()).embedder()?.map(|e| e.0);
+        let name = st.store.embedder()?.map(|e| e.0);
         let vector = match (mode, name) {
             (SearchMode::Keyword, _) | (_, None) => None,
             (_, Some(name)) => {
@@ -398,8 +398,7 @@ async fn search(AxState(st): AxState<State>, ApiQuery(p): ApiQuery<SearchParams>
                 }
             }
         };
-        let mut store = st.store.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(mnema_search::search_with_vector(&mut store, vector.as_deref().map(|v| v.as_slice()), &q)?)
+        Ok(mnema_search::search_with_vector(&*st.store, vector.as_deref().map(|v| v.as_slice()), &q)?)
     })
     .await?;
     let hits: Vec<HitOut> = hits.into_iter().map(HitOut::from).collect();
@@ -416,7 +415,7 @@ fn parse_id(s: &str) -> ApiResult<i64> {
 async fn item(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = parse_id(&id)?;
     blocking(move || {
-        let store = st.store.lock().unwrap_or_else(|e| e.into_inner());
+        let store = &st.store;
         let item = store.item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
         let chunks: Vec<ChunkOut> = store.chunks(id)?.into_iter().map(|(c, _)| c.into()).collect();
         Ok(Json(serde_json::to_value(ShowOut { item: ItemOut::from(item), chunks }).map_err(|e| ApiError::Internal(e.to_string()))?))
@@ -427,9 +426,9 @@ async fn item(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiR
 async fn delete_item(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = parse_id(&id)?;
     blocking(move || {
-        let mut store = st.store.lock().unwrap_or_else(|e| e.into_inner());
-        let item = store.item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
-        let deleted = store.delete_item(id)?;
+        let item = st.store.item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
+        // Deleted by another request since: `deleted` says false, as for a second delete.
+        let deleted = st.store.delete_item(id)?;
         Ok(Json(serde_json::json!({ "id": id, "deleted": deleted, "path": item.path })))
     })
     .await
@@ -470,12 +469,7 @@ async fn file(
     let thumb = p.thumb.as_deref().is_some_and(|t| t == "1" || t == "true");
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
     blocking(move || {
-        let item = st
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .item(id)?
-            .ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
+        let item = st.store.item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
         let path = std::path::PathBuf::from(&item.path);
         let gone = || ApiError::NotFound(format!("file of item {id} is gone: {}", item.path));
         let total = std::fs::metadata(&path).map_err(|_| gone())?.len();
@@ -569,8 +563,7 @@ fn parse_range(r: &str, total: u64) -> Range {
 
 async fn status(AxState(st): AxState<State>) -> ApiResult<Json<serde_json::Value>> {
     blocking(move || {
-        let store = st.store.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v = crate::wire::status(&st.config, st.opts.budget, &st.models, &store)?;
+        let mut v = crate::wire::status(&st.config, st.opts.budget, &st.models, &*st.store)?;
         let jobs: Vec<serde_json::Value> = st.jobs.lock().unwrap_or_else(|e| e.into_inner()).values().map(|j| j.summary()).collect();
         v["jobs"] = jobs.into();
         v["history"] = st.history.to_json();
@@ -660,7 +653,7 @@ async fn ingest(
 /// Where `POST /api/ingest` may read, each resolved (missing ones left out).
 fn allowed_roots(st: &State) -> ApiResult<Vec<PathBuf>> {
     let mut roots = st.opts.allow.clone();
-    roots.extend(st.store.lock().unwrap_or_else(|e| e.into_inner()).roots()?);
+    roots.extend(st.store.roots()?);
     roots.push(st.config.home.join("uploads"));
     Ok(roots.iter().filter_map(|r| r.canonicalize().ok()).collect())
 }
@@ -737,8 +730,8 @@ fn run_job(st: &State, job: &Job, paths: &JobPaths) {
             let _ = job.changed.send(n);
         };
         missing.iter().for_each(push);
-        let mut store = Store::open(&st.config.home).map_err(|e| e.to_string())?;
-        mnema_ingest::Ingester::new(&st.config, &mut store, &st.models).run(&files, push).map_err(|e| e.to_string())?;
+        let store = mnema_store::SqliteStore::open(&st.config.home).map_err(|e| e.to_string())?;
+        mnema_ingest::Ingester::new(&st.config, &store, &st.models).run(&files, push).map_err(|e| e.to_string())?;
         Ok(())
     };
     // A panic in one job (a bug in a decoder, say) ends that job with an error; the worker

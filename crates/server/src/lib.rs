@@ -90,7 +90,7 @@ pub fn serve(config: Config, models: Arc<ModelManager>, mut opts: ServeOptions, 
     for p in &mut opts.allow {
         *p = p.canonicalize().map_err(|source| ServerError::AllowPath { path: p.clone(), source })?;
     }
-    let store = mnema_store::Store::open(&config.home)?;
+    let store: Box<dyn mnema_store::Store> = Box::new(mnema_store::SqliteStore::open(&config.home)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.addr).await.map_err(|source| ServerError::Bind { addr: opts.addr, source })?;

@@ -162,7 +162,7 @@ pub fn status(
     config: &mnema_core::Config,
     budget: u64,
     models: &mnema_models::manager::ModelManager,
-    store: &mnema_store::Store,
+    store: &dyn mnema_store::Store,
 ) -> Result<serde_json::Value, mnema_store::StoreError> {
     use mnema_models::manager::{available_memory, process_rss};
     let stats = store.stats()?;

@@ -5,8 +5,13 @@
 //! candidates through [`Store::keyword_candidates`] and [`Store::vector_candidates`].
 #![deny(missing_docs)]
 
+pub mod memory;
 pub mod schema;
+mod store;
 pub mod vectors;
+
+pub use memory::MemoryStore;
+pub use store::{SqliteStore, Store};
 
 use mnema_core::{text, Chunk, Filters, Item, Kind};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql, TransactionBehavior};
@@ -151,8 +156,8 @@ pub enum CopyMeta<'a> {
     All,
 }
 
-/// The store façade; the connection is private.
-pub struct Store {
+/// Today's SQLite store, behind [`SqliteStore`]'s lock.
+struct Sqlite {
     conn: Connection,
     db_path: PathBuf,
     index_path: Option<PathBuf>,
@@ -204,10 +209,10 @@ fn private_dir(home: &Path) {
     let _ = home;
 }
 
-impl Store {
+impl Sqlite {
     /// Opens (creating if needed) the store in data directory `home`. The directory is made
     /// owner-only (0700) and the database, its WAL and the index files owner-only (0600).
-    pub fn open(home: &Path) -> Result<Store> {
+    pub fn open(home: &Path) -> Result<Sqlite> {
         std::fs::create_dir_all(home).map_err(|e| StoreError::Io {
             what: "cannot create data directory".into(),
             path: home.into(),
@@ -225,7 +230,7 @@ impl Store {
     }
 
     /// A throwaway store in memory (tests).
-    pub fn open_in_memory() -> Result<Store> {
+    pub fn open_in_memory() -> Result<Sqlite> {
         let conn = Connection::open_in_memory().map_err(|source| StoreError::Sql { path: ":memory:".into(), source })?;
         Self::init(conn, ":memory:".into(), None)
     }
@@ -237,7 +242,7 @@ impl Store {
         self.exact_max = exact_max;
     }
 
-    fn init(mut conn: Connection, db_path: PathBuf, index_path: Option<PathBuf>) -> Result<Store> {
+    fn init(mut conn: Connection, db_path: PathBuf, index_path: Option<PathBuf>) -> Result<Sqlite> {
         let sql = |source| StoreError::Sql { path: db_path.clone(), source };
         // Writers wait for each other (the busy handler) instead of failing at once.
         conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(sql)?;
@@ -266,7 +271,7 @@ impl Store {
         })?;
         let store_id: String =
             conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| r.get(0)).optional().map_err(sql)?.unwrap_or_default();
-        Ok(Store {
+        Ok(Sqlite {
             conn,
             db_path,
             index_path,
@@ -477,36 +482,6 @@ impl Store {
             .query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE id = ?1"), [id], item_from_row)
             .optional()
             .map_err(|e| self.sql(e))
-    }
-
-    /// Another item with the same content, if any (its chunks and vectors can be reused).
-    pub fn item_by_sha256(&self, sha256: &str, not_path: &str) -> Result<Option<Item>> {
-        self.conn
-            .query_row(
-                &format!("SELECT {ITEM_COLS} FROM items WHERE sha256 = ?1 AND path != ?2 LIMIT 1"),
-                [sha256, not_path],
-                item_from_row,
-            )
-            .optional()
-            .map_err(|e| self.sql(e))
-    }
-
-    /// The difference hashes of stored images: `(id, path, hash)`.
-    pub fn image_hashes(&self) -> Result<Vec<(i64, String, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, path, json_extract(meta, '$.dhash') FROM items WHERE kind = 'image' AND json_extract(meta, '$.dhash') IS NOT NULL")
-            .map_err(|e| self.sql(e))?;
-        let rows =
-            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (id, path, h) = r.map_err(|e| self.sql(e))?;
-            if let Ok(h) = u64::from_str_radix(&h, 16) {
-                out.push((id, path, h));
-            }
-        }
-        Ok(out)
     }
 
     /// Items matching `filters`, newest first.
@@ -866,7 +841,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for Sqlite {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
             tracing::warn!("saving the vector index failed (it will be rebuilt): {e}");
@@ -1166,7 +1141,7 @@ mod tests {
     #[test]
     fn a_full_database_is_a_full_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path()).unwrap();
+        let mut s = Sqlite::open(dir.path()).unwrap();
         let pages: i64 = s.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
         s.conn.pragma_update(None, "max_page_count", pages).unwrap();
         let text = "слово ".repeat(20_000);

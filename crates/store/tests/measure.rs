@@ -4,7 +4,7 @@
 //! search latency and self-recall with tombstones up to the rebuild threshold.
 
 use mnema_core::{Chunk, Filters, Kind};
-use mnema_store::{NewItem, Store};
+use mnema_store::{NewItem, SqliteStore, Store};
 use std::time::Instant;
 
 const DIM: usize = 384;
@@ -38,7 +38,7 @@ fn chunk() -> Chunk {
     Chunk { seq: 0, text: "x".into(), start: 0, end: 1, start_ms: None, end_ms: None }
 }
 
-fn recall_and_latency(s: &mut Store, live: &[u64]) -> (f64, f64) {
+fn recall_and_latency(s: &SqliteStore, live: &[u64]) -> (f64, f64) {
     let sample: Vec<u64> = live.iter().step_by((live.len() / 1000).max(1)).copied().collect();
     let t = Instant::now();
     let mut found = 0;
@@ -54,7 +54,7 @@ fn recall_and_latency(s: &mut Store, live: &[u64]) -> (f64, f64) {
 fn index_bookkeeping_costs() {
     let n: u64 = std::env::var("MEASURE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     let rows: Vec<_> = (0..n).map(|i| (item(i), vec![(chunk(), vector(i))])).collect();
     s.bulk_insert(&rows, "m").unwrap();
     let t = Instant::now();
@@ -65,7 +65,7 @@ fn index_bookkeeping_costs() {
     eprintln!("save: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     drop(s);
     let t = Instant::now();
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     s.warm().unwrap();
     eprintln!("open + load: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     let reps = 20_000;
@@ -75,10 +75,10 @@ fn index_bookkeeping_costs() {
     }
     eprintln!("catch-up check, nothing moved: {:.2} µs", t.elapsed().as_secs_f64() * 1e6 / reps as f64);
     let live: Vec<u64> = (0..n).collect();
-    let (r, us) = recall_and_latency(&mut s, &live);
+    let (r, us) = recall_and_latency(&s, &live);
     eprintln!("search: {us:.0} µs, self-recall {:.2}%", r * 100.0);
     // Another handle writes one item; this handle's next search replays it.
-    let mut b = Store::open(dir.path()).unwrap();
+    let b = SqliteStore::open(dir.path()).unwrap();
     b.put_item(&item(n), &[chunk()], &[vector(n)], "m").unwrap();
     let t = Instant::now();
     s.warm().unwrap();
@@ -96,9 +96,9 @@ fn index_bookkeeping_costs() {
     eprintln!("{del} deletes with the index loaded: {:.0} µs each", t.elapsed().as_secs_f64() * 1e6 / del as f64);
     // items() is newest first: the deleted ones are the highest seeds.
     live.truncate(live.len() - del as usize);
-    let (r, us) = recall_and_latency(&mut s, &live);
+    let (r, us) = recall_and_latency(&s, &live);
     eprintln!("with {del} tombstones: search {us:.0} µs, self-recall {:.2}%", r * 100.0);
     s.repair_index().unwrap();
-    let (r, us) = recall_and_latency(&mut s, &live);
+    let (r, us) = recall_and_latency(&s, &live);
     eprintln!("after a rebuild: search {us:.0} µs, self-recall {:.2}%", r * 100.0);
 }

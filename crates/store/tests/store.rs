@@ -2,7 +2,7 @@
 //! derived, the vector index survives restarts and is rebuilt when stale.
 
 use mnema_core::{text, Chunk, Filters, Kind};
-use mnema_store::{NewItem, Store, StoreError};
+use mnema_store::{NewItem, SqliteStore, Store, StoreError};
 
 fn item(path: &str, kind: Kind, mtime: i64) -> NewItem {
     NewItem { path: path.into(), kind, sha256: format!("{:064}", mtime), size: 10, mtime, meta: serde_json::json!({}) }
@@ -20,14 +20,14 @@ fn unit(i: usize, dim: usize) -> Vec<f32> {
     v.iter().map(|x| x / n).collect()
 }
 
-fn kw(s: &Store, q: &str) -> Vec<i64> {
+fn kw(s: &dyn Store, q: &str) -> Vec<i64> {
     s.keyword_candidates(&text::query_terms(q), &Filters::default(), 10).unwrap().into_iter().map(|x| x.0).collect()
 }
 
 #[test]
 fn replace_and_delete_leave_no_orphans() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     let a = s
         .put_item(
             &item("/n/a.md", Kind::Note, 1),
@@ -55,7 +55,7 @@ fn replace_and_delete_leave_no_orphans() {
 
 #[test]
 fn filters_restrict_every_mode() {
-    let mut s = Store::open_in_memory().unwrap();
+    let s = SqliteStore::open_in_memory().unwrap();
     s.put_item(&item("/notes/a.md", Kind::Note, 100), &[chunk(0, "борщ рецепт")], &[unit(0, 8)], "m").unwrap();
     s.put_item(&item("/shots/b.png", Kind::Image, 200), &[chunk(0, "борщ на экране")], &[unit(0, 8)], "m").unwrap();
     s.put_item(&item("/notes_old/c.md", Kind::Note, 300), &[chunk(0, "борщ старый")], &[unit(0, 8)], "m").unwrap();
@@ -80,14 +80,14 @@ fn filters_restrict_every_mode() {
 fn vector_index_persists_and_rebuilds_when_stale() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = Store::open(dir.path()).unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
         for i in 0..8 {
             s.put_item(&item(&format!("/n/{i}.md"), Kind::Note, i as i64), &[chunk(0, "x")], &[unit(i, 8)], "m").unwrap();
         }
     } // dropped: index saved
     assert!(dir.path().join("vectors.usearch").exists());
     {
-        let mut s = Store::open(dir.path()).unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
         let best = s.vector_candidates(&unit(5, 8), &Filters::default(), 1).unwrap();
         let row = &s.chunk_rows(&[best[0].0]).unwrap()[0];
         assert_eq!(row.path, "/n/5.md");
@@ -95,7 +95,7 @@ fn vector_index_persists_and_rebuilds_when_stale() {
         s.put_item(&item("/n/9.md", Kind::Note, 9), &[chunk(0, "y")], &[unit(7, 8)], "m").unwrap();
         std::mem::forget(s);
     }
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     let hits = s.vector_candidates(&unit(7, 8), &Filters::default(), 2).unwrap();
     let paths: Vec<String> = s.chunk_rows(&hits.iter().map(|h| h.0).collect::<Vec<_>>()).unwrap().into_iter().map(|r| r.path).collect();
     assert!(paths.contains(&"/n/9.md".to_string()), "index rebuilt from the database: {paths:?}");
@@ -104,7 +104,7 @@ fn vector_index_persists_and_rebuilds_when_stale() {
 
 #[test]
 fn refuses_vectors_of_another_model() {
-    let mut s = Store::open_in_memory().unwrap();
+    let s = SqliteStore::open_in_memory().unwrap();
     s.put_item(&item("/a", Kind::Note, 1), &[chunk(0, "a")], &[unit(0, 8)], "e5").unwrap();
     let err = s.put_item(&item("/b", Kind::Note, 1), &[chunk(0, "b")], &[unit(0, 16)], "minilm").unwrap_err();
     assert!(matches!(err, StoreError::EmbedderMismatch { .. }), "{err}");

@@ -3,7 +3,7 @@
 //! private file modes. Real SQLite files, real usearch index files.
 
 use mnema_core::{Chunk, Filters, Kind};
-use mnema_store::{CopyMeta, NewItem, Store};
+use mnema_store::{CopyMeta, NewItem, SqliteStore, Store};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -33,7 +33,7 @@ fn vector(seed: u64) -> Vec<f32> {
 }
 
 /// Writes `path` with `n` chunks whose vectors derive from `seed`; returns the vectors.
-fn put(s: &mut Store, path: &str, seed: u64, n: u32) -> Vec<Vec<f32>> {
+fn put(s: &SqliteStore, path: &str, seed: u64, n: u32) -> Vec<Vec<f32>> {
     let chunks: Vec<Chunk> = (0..n).map(chunk).collect();
     let vecs: Vec<Vec<f32>> = (0..n as u64).map(|i| vector(seed * 1000 + i)).collect();
     s.put_item(&item(path, seed), &chunks, &vecs, "test").unwrap();
@@ -42,7 +42,7 @@ fn put(s: &mut Store, path: &str, seed: u64, n: u32) -> Vec<Vec<f32>> {
 
 /// Items whose every stored vector is its own nearest neighbour by the index (self-recall),
 /// out of all items: `(found, total, lost paths)`.
-fn self_recall(s: &mut Store) -> (usize, usize, Vec<String>) {
+fn self_recall(s: &SqliteStore) -> (usize, usize, Vec<String>) {
     let items = s.items(&Filters::default(), 1_000_000, 0).unwrap();
     let mut found = 0;
     let mut lost = Vec::new();
@@ -63,7 +63,7 @@ fn self_recall(s: &mut Store) -> (usize, usize, Vec<String>) {
     (found, items.len(), lost)
 }
 
-fn assert_all_found(s: &mut Store, what: &str) {
+fn assert_all_found(s: &SqliteStore, what: &str) {
     let (found, total, lost) = self_recall(s);
     assert_eq!(found, total, "{what}: self-recall {found}/{total}, lost {:?}", &lost[..lost.len().min(10)]);
 }
@@ -89,7 +89,7 @@ fn embedding_like(topic: u64, seed: u64, spread: f32) -> Vec<f32> {
     v.into_iter().map(|a| a / n).collect()
 }
 
-fn put_vecs(s: &mut Store, path: &str, seed: u64, vecs: Vec<Vec<f32>>) {
+fn put_vecs(s: &SqliteStore, path: &str, seed: u64, vecs: Vec<Vec<f32>>) {
     let chunks: Vec<Chunk> = (0..vecs.len() as u32).map(chunk).collect();
     s.put_item(&item(path, seed), &chunks, &vecs, "test").unwrap();
 }
@@ -104,23 +104,23 @@ fn reingest_keeps_every_other_vector_findable() {
 
 fn reingest_keeps_every_other_vector_findable_with(exact_max: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     s.set_exact_search_max(exact_max);
     let notes = 400u64;
     for i in 0..notes {
-        put_vecs(&mut s, &format!("/n/{i}.md"), i, vec![embedding_like(i % 20, i, 1.0)]);
+        put_vecs(&s, &format!("/n/{i}.md"), i, vec![embedding_like(i % 20, i, 1.0)]);
     }
     // Recordings: many chunks close to each other.
     for r in 0..10u64 {
-        put_vecs(&mut s, &format!("/r/{r}.m4a"), 5000 + r, (0..20).map(|k| embedding_like(1000 + r, r * 100 + k, 0.3)).collect());
+        put_vecs(&s, &format!("/r/{r}.m4a"), 5000 + r, (0..20).map(|k| embedding_like(1000 + r, r * 100 + k, 0.3)).collect());
     }
-    assert_all_found(&mut s, "after the first ingest");
+    assert_all_found(&s, "after the first ingest");
     // Re-ingests of changed files in one process: old vectors removed, new ones added.
     for round in 1..=8u64 {
         for i in (0..notes).filter(|i| i % 7 == round % 7) {
             let seed = i + round * 10_000;
             put_vecs(
-                &mut s,
+                &s,
                 &format!("/n/{i}.md"),
                 seed,
                 vec![
@@ -129,79 +129,79 @@ fn reingest_keeps_every_other_vector_findable_with(exact_max: usize) {
                 ],
             );
         }
-        assert_all_found(&mut s, &format!("after re-ingest {round}"));
+        assert_all_found(&s, &format!("after re-ingest {round}"));
     }
     let check = s.check_index().unwrap();
     assert!(check.ok, "{check:?}");
     drop(s);
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     s.set_exact_search_max(exact_max);
-    assert_all_found(&mut s, "after reopening");
+    assert_all_found(&s, "after reopening");
 }
 
 #[test]
 fn another_handles_writes_are_searched_and_never_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Store::open(dir.path()).unwrap();
+    let a = SqliteStore::open(dir.path()).unwrap();
     for i in 0..40 {
-        put(&mut a, &format!("/a/{i}.md"), i, 2);
+        put(&a, &format!("/a/{i}.md"), i, 2);
     }
-    assert_all_found(&mut a, "A alone");
-    let mut b = Store::open(dir.path()).unwrap();
+    assert_all_found(&a, "A alone");
+    let b = SqliteStore::open(dir.path()).unwrap();
     for i in 0..40 {
-        put(&mut b, &format!("/b/{i}.md"), 100 + i, 2);
+        put(&b, &format!("/b/{i}.md"), 100 + i, 2);
     }
     // Another process's write reaches A's next search without reopening.
-    assert_all_found(&mut a, "A after B's writes");
+    assert_all_found(&a, "A after B's writes");
     // B replaces some of A's items and deletes others; A sees both.
     for i in 0..10 {
-        put(&mut b, &format!("/a/{i}.md"), 500 + i, 1);
+        put(&b, &format!("/a/{i}.md"), 500 + i, 1);
     }
     let gone = b.item_by_path("/a/39.md").unwrap().unwrap();
     let gone_vec = b.chunks(gone.id).unwrap()[0].1.clone().unwrap();
     assert!(b.delete_item(gone.id).unwrap());
     let hits = a.vector_candidates(&gone_vec, &Filters::default(), 3).unwrap();
     assert!(a.chunk_rows(&hits.iter().map(|h| h.0).collect::<Vec<_>>()).unwrap().iter().all(|r| r.item_id != gone.id));
-    assert_all_found(&mut a, "A after B's replacements and delete");
+    assert_all_found(&a, "A after B's replacements and delete");
     b.flush().unwrap();
     drop(b);
     assert_eq!(a.stats().unwrap().items, 79);
     a.flush().unwrap();
     drop(a);
-    let mut c = Store::open(dir.path()).unwrap();
-    assert_all_found(&mut c, "reopened");
+    let c = SqliteStore::open(dir.path()).unwrap();
+    assert_all_found(&c, "reopened");
 }
 
 #[test]
 fn a_stale_handle_never_saves_its_index_as_current() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Store::open(dir.path()).unwrap();
+    let a = SqliteStore::open(dir.path()).unwrap();
     for i in 0..30 {
-        put(&mut a, &format!("/a/{i}.md"), i, 1);
+        put(&a, &format!("/a/{i}.md"), i, 1);
     }
     // B writes and saves a correct index; A, which has not searched since, then deletes one
     // of its own items and saves on drop.
-    let mut b = Store::open(dir.path()).unwrap();
+    let b = SqliteStore::open(dir.path()).unwrap();
     for i in 0..30 {
-        put(&mut b, &format!("/b/{i}.md"), 100 + i, 1);
+        put(&b, &format!("/b/{i}.md"), 100 + i, 1);
     }
     drop(b);
     let first = a.item_by_path("/a/0.md").unwrap().unwrap();
     assert!(a.delete_item(first.id).unwrap());
     a.flush().unwrap();
     drop(a);
-    let mut c = Store::open(dir.path()).unwrap();
+    let c = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(c.stats().unwrap().items, 59);
-    assert_all_found(&mut c, "reopened after A's delete");
+    assert_all_found(&c, "reopened after A's delete");
     // A handle that only writes (never searches) and saves last loses nothing either.
-    let mut d = Store::open(dir.path()).unwrap();
-    put(&mut d, "/d/0.md", 900, 1);
-    let mut e = Store::open(dir.path()).unwrap();
-    put(&mut e, "/e/0.md", 901, 1);
+    let d = SqliteStore::open(dir.path()).unwrap();
+    put(&d, "/d/0.md", 900, 1);
+    let e = SqliteStore::open(dir.path()).unwrap();
+    put(&e, "/e/0.md", 901, 1);
     drop(e);
     drop(d);
-    let mut f = Store::open(dir.path()).unwrap();
-    assert_all_found(&mut f, "after two writers saved in turn");
+    let f = SqliteStore::open(dir.path()).unwrap();
+    assert_all_found(&f, "after two writers saved in turn");
     assert!(f.check_index().unwrap().ok);
 }
 
@@ -213,13 +213,13 @@ fn concurrent_writers_wait_instead_of_failing() {
         // Round 0: every thread opens the new directory at once (migrations race). Later
         // rounds: the schema exists, the writers only contend for the write lock.
         if round > 0 {
-            drop(Store::open(&home).unwrap());
+            drop(SqliteStore::open(&home).unwrap());
         }
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let home = home.clone();
                 std::thread::spawn(move || {
-                    let mut s = Store::open(&home).unwrap_or_else(|e| panic!("round {round} thread {t}: open: {e}"));
+                    let s = SqliteStore::open(&home).unwrap_or_else(|e| panic!("round {round} thread {t}: open: {e}"));
                     for i in 0..60u64 {
                         let chunks = vec![chunk(0)];
                         let vecs = vec![vector(t * 1000 + i)];
@@ -237,9 +237,9 @@ fn concurrent_writers_wait_instead_of_failing() {
         for t in threads {
             t.join().unwrap();
         }
-        let mut s = Store::open(&home).unwrap();
+        let s = SqliteStore::open(&home).unwrap();
         assert_eq!(s.stats().unwrap().items, 240);
-        assert_all_found(&mut s, "after concurrent writers");
+        assert_all_found(&s, "after concurrent writers");
         assert!(s.check_index().unwrap().ok);
     }
 }
@@ -247,9 +247,9 @@ fn concurrent_writers_wait_instead_of_failing() {
 #[test]
 fn index_check_finds_and_repairs_a_damaged_index() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     for i in 0..50 {
-        put(&mut s, &format!("/n/{i}.md"), i, 1);
+        put(&s, &format!("/n/{i}.md"), i, 1);
     }
     let c = s.check_index().unwrap();
     assert_eq!((c.sqlite_vectors, c.index_vectors, c.missing, c.extra, c.ok), (50, 50, 0, 0, true), "{c:?}");
@@ -258,22 +258,22 @@ fn index_check_finds_and_repairs_a_damaged_index() {
     let conn = rusqlite::Connection::open(dir.path().join("mnema.db")).unwrap();
     conn.execute("DELETE FROM chunks WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT 3)", []).unwrap();
     drop(conn);
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     let c = s.check_index().unwrap();
     assert_eq!((c.sqlite_vectors, c.index_vectors, c.missing, c.extra, c.ok), (47, 50, 0, 3, false), "{c:?}");
     s.repair_index().unwrap();
     let c = s.check_index().unwrap();
     assert!(c.ok, "{c:?}");
     drop(s);
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     assert!(s.check_index().unwrap().ok);
 }
 
 #[test]
 fn sql_errors_name_the_database_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    put(&mut s, "/n/ok.md", 1, 1);
+    let s = SqliteStore::open(dir.path()).unwrap();
+    put(&s, "/n/ok.md", 1, 1);
     let conn = rusqlite::Connection::open(dir.path().join("mnema.db")).unwrap();
     conn.execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON chunks BEGIN SELECT RAISE(ABORT, 'refused'); END;").unwrap();
     let e = s.put_item(&item("/n/new.md", 2), &[chunk(0)], &[vector(2)], "test").unwrap_err().to_string();
@@ -294,8 +294,8 @@ fn data_files_are_private() {
     let home = dir.path().join("данные");
     std::fs::create_dir(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut s = Store::open(&home).unwrap();
-    put(&mut s, "/n/a.md", 1, 1);
+    let s = SqliteStore::open(&home).unwrap();
+    put(&s, "/n/a.md", 1, 1);
     s.flush().unwrap();
     assert_eq!(mode(&home), 0o700, "an existing directory is tightened");
     let mut seen = HashMap::new();
@@ -333,21 +333,21 @@ fn a_database_from_before_the_vector_log_is_upgraded_and_searched() {
         }
         std::fs::write(dir.path().join("vectors.usearch.gen"), "7").unwrap();
     }
-    let mut s = Store::open(dir.path()).unwrap();
-    assert_all_found(&mut s, "upgraded");
+    let s = SqliteStore::open(dir.path()).unwrap();
+    assert_all_found(&s, "upgraded");
     // New writes after the upgrade get ids above every old one and are logged.
     let last = s.item_by_path("/old/29.md").unwrap().unwrap();
     assert!(s.delete_item(last.id).unwrap());
-    put(&mut s, "/new/0.md", 500, 2);
+    put(&s, "/new/0.md", 500, 2);
     drop(s);
-    let mut s = Store::open(dir.path()).unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(s.stats().unwrap().items, 30);
-    assert_all_found(&mut s, "after writes on the upgraded store");
+    assert_all_found(&s, "after writes on the upgraded store");
     assert!(s.check_index().unwrap().ok);
 }
 
 /// Writes `path` with `n` chunks whose text names the path and whose vectors derive from `seed`.
-fn put_named(s: &mut Store, path: &str, seed: u64, n: u32) {
+fn put_named(s: &SqliteStore, path: &str, seed: u64, n: u32) {
     let chunks: Vec<Chunk> =
         (0..n).map(|i| Chunk { seq: i, text: format!("{path} {i}"), start: 0, end: 1, start_ms: None, end_ms: None }).collect();
     let vecs: Vec<Vec<f32>> = (0..n as u64).map(|i| vector(seed * 1000 + i)).collect();
@@ -355,7 +355,7 @@ fn put_named(s: &mut Store, path: &str, seed: u64, n: u32) {
 }
 
 /// Every stored vector's best hit is itself: the same item and the item's own text.
-fn assert_own_hits(s: &mut Store, what: &str) {
+fn assert_own_hits(s: &SqliteStore, what: &str) {
     let items = s.items(&Filters::default(), 1_000_000, 0).unwrap();
     assert!(!items.is_empty());
     for it in &items {
@@ -400,18 +400,18 @@ fn an_index_from_a_lost_future_is_never_trusted() {
     let home = dir.path().join("home");
     let backup = dir.path().join("backup");
     let elsewhere = dir.path().join("elsewhere");
-    let mut s = Store::open(&home).unwrap();
+    let s = SqliteStore::open(&home).unwrap();
     for i in 0..5 {
-        put_named(&mut s, &format!("/old/{i}.txt"), 1 + i, 3);
+        put_named(&s, &format!("/old/{i}.txt"), 1 + i, 3);
     }
     s.flush().unwrap();
     drop(s);
     let g1 = saved_gen(&home);
     copy_db(&home, &backup);
     // The future that will be lost: ten more items, saved in the index file.
-    let mut s = Store::open(&home).unwrap();
+    let s = SqliteStore::open(&home).unwrap();
     for i in 0..10 {
-        put_named(&mut s, &format!("/lost/{i}.txt"), 100 + i, 3);
+        put_named(&s, &format!("/lost/{i}.txt"), 100 + i, 3);
     }
     s.flush().unwrap();
     drop(s);
@@ -421,38 +421,38 @@ fn an_index_from_a_lost_future_is_never_trusted() {
     // The backup is restored and written again (here by a process that never loads this
     // index) until it reaches the saved generation with other items under the same chunk ids.
     copy_db(&backup, &elsewhere);
-    let mut s = Store::open(&elsewhere).unwrap();
+    let s = SqliteStore::open(&elsewhere).unwrap();
     for i in 0..(g2 - g1) as u64 {
-        put_named(&mut s, &format!("/new/{i}.txt"), 500 + i, 3);
+        put_named(&s, &format!("/new/{i}.txt"), 500 + i, 3);
     }
     drop(s);
     copy_db(&elsewhere, &home);
-    let mut s = Store::open(&home).unwrap();
-    assert_own_hits(&mut s, "same generation, other history");
+    let s = SqliteStore::open(&home).unwrap();
+    assert_own_hits(&s, "same generation, other history");
     drop(s);
 
     // Restored in place: the first process to see the index ahead of the database replaces it.
     copy_db(&backup, &home);
-    let mut s = Store::open(&home).unwrap();
-    put_named(&mut s, "/again/0.txt", 900, 3);
+    let s = SqliteStore::open(&home).unwrap();
+    put_named(&s, "/again/0.txt", 900, 3);
     s.flush().unwrap();
     drop(s);
     assert_eq!(saved_gen(&home), g1 + 1, "the index file ahead of the database was kept");
-    let mut s = Store::open(&home).unwrap();
+    let s = SqliteStore::open(&home).unwrap();
     for i in 1..(g2 - g1) as u64 {
-        put_named(&mut s, &format!("/again/{i}.txt"), 900 + i, 3);
+        put_named(&s, &format!("/again/{i}.txt"), 900 + i, 3);
     }
     s.flush().unwrap();
     drop(s);
-    let mut s = Store::open(&home).unwrap();
-    assert_own_hits(&mut s, "restored in place and written again");
+    let s = SqliteStore::open(&home).unwrap();
+    assert_own_hits(&s, "restored in place and written again");
 }
 
 #[test]
 fn a_copy_is_taken_only_from_the_twin_as_it_is() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(dir.path()).unwrap();
-    put_named(&mut s, "/a.txt", 1, 3);
+    let s = SqliteStore::open(dir.path()).unwrap();
+    put_named(&s, "/a.txt", 1, 3);
     let a = s.item_by_path("/a.txt").unwrap().unwrap();
     let b = NewItem { path: "/b.txt".into(), ..item("/b.txt", 1) };
     let (b_id, n) = s.put_item_copy(&b, a.id, &a.sha256, CopyMeta::Keys(&[])).unwrap().expect("the twin is there");
@@ -471,7 +471,7 @@ fn a_copy_is_taken_only_from_the_twin_as_it_is() {
     assert!(s.item_by_path("/c.txt").unwrap().is_none());
 
     // The twin re-ingested with other content: its new text is not copied under the old hash.
-    put_named(&mut s, "/a.txt", 2, 2);
+    put_named(&s, "/a.txt", 2, 2);
     let a2 = s.item_by_path("/a.txt").unwrap().unwrap();
     assert_ne!(a2.sha256, a.sha256);
     assert_eq!(s.put_item_copy(&c, a2.id, &a.sha256, CopyMeta::Keys(&[])).unwrap(), None);

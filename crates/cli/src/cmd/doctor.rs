@@ -6,6 +6,7 @@ use anyhow::Result;
 use mnema_core::ByteSize;
 use mnema_models::catalog::{check, model_names};
 use mnema_server::wire::{CheckOut, DoctorOut};
+use mnema_store::Store as _;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -50,8 +51,8 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
         // Before the store opens (opening tightens the directory and the database files).
         checks.push(permissions_check(&c.home));
         checks.push(
-            match ctx.store().and_then(|mut s| {
-                index = Some(check_and_repair_index(&mut s));
+            match ctx.store().and_then(|s| {
+                index = Some(check_and_repair_index(&s));
                 Ok((s.stats()?, s.embedder()?))
             }) {
                 Ok((st, emb)) => check_item(
@@ -218,7 +219,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
 }
 
 /// Compares the vector index with SQLite and, when they differ, rebuilds it and checks again.
-fn check_and_repair_index(s: &mut mnema_store::Store) -> Result<IndexOut> {
+fn check_and_repair_index(s: &mnema_store::SqliteStore) -> Result<IndexOut> {
     let found = s.check_index()?;
     let mut out = IndexOut {
         sqlite_vectors: found.sqlite_vectors,

@@ -6,6 +6,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mnema_ingest::{collect, Ingester, Progress, Status};
 use mnema_server::wire::IngestOut;
+use mnema_store::Store as _;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,7 +21,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let started = Instant::now();
     let (files, missing) = collect(&args.paths);
-    let mut store = ctx.store()?;
+    let store = ctx.store()?;
     // What the user ingested here, `mnema serve` may ingest again (POST /api/ingest).
     for root in args.paths.iter().filter_map(|p| p.canonicalize().ok()) {
         store.add_root(&root)?;
@@ -47,7 +48,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     for o in &missing {
         printed = printed.and(report(o));
     }
-    let mut ingester = Ingester::new(&ctx.config, &mut store, &ctx.models);
+    let mut ingester = Ingester::new(&ctx.config, &store, &ctx.models);
     // Long files report their chunks on the bar (stderr); stdout keeps one JSON object per
     // file, as the JSON contract says.
     let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -4,6 +4,7 @@ use super::{out, out_json, Ctx};
 use crate::exit;
 use anyhow::Result;
 use mnema_server::wire::{ChunkOut, ItemOut, ShowOut};
+use mnema_store::Store as _;
 
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
@@ -40,7 +41,7 @@ pub fn show(ctx: &Ctx, a: ShowArgs) -> Result<u8> {
 }
 
 pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<u8> {
-    let mut store = ctx.store()?;
+    let store = ctx.store()?;
     let item = store.item(a.id)?;
     let deleted = store.delete_item(a.id)?;
     if ctx.json {

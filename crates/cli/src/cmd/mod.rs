@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use mnema_core::{ByteSize, Config};
 use mnema_extract::Embedder;
 use mnema_models::manager::{process_rss, ModelManager};
-use mnema_store::Store;
+use mnema_store::SqliteStore;
 use serde::Serialize;
 use std::io::Write;
 use std::sync::Arc;
@@ -53,8 +53,8 @@ impl Ctx {
     }
 
     /// Opens the store in the data directory.
-    pub fn store(&self) -> Result<Store> {
-        Store::open(&self.config.home).with_context(|| format!("cannot open the store in {}", self.config.home.display()))
+    pub fn store(&self) -> Result<SqliteStore> {
+        SqliteStore::open(&self.config.home).with_context(|| format!("cannot open the store in {}", self.config.home.display()))
     }
 }
 

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use mnema_core::{Filters, Kind, SearchMode};
 use mnema_search::{search, SearchQuery};
 use mnema_server::wire::{HitOut, SearchOut};
+use mnema_store::Store as _;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -37,7 +38,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
     let started = Instant::now();
     let text = args.query.join(" ");
     let mode: SearchMode = args.mode.parse().map_err(anyhow::Error::msg)?;
-    let mut store = ctx.store()?;
+    let store = ctx.store()?;
     let embedder = match mode {
         SearchMode::Keyword => None,
         _ => {
@@ -54,7 +55,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<u8> {
         filters: Filters { kinds: args.kind, path_prefix: args.path, since: args.since, until: args.until },
         limit: args.limit.into(),
     };
-    let hits = search(&mut store, embedder.as_deref().map(|b| b.as_ref()), &q)?;
+    let hits = search(&store, embedder.as_deref().map(|b| b.as_ref()), &q)?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     if ctx.json {
         let hits: Vec<HitOut> = hits.into_iter().map(HitOut::from).collect();

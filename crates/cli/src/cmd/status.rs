@@ -5,6 +5,7 @@ use crate::exit;
 use anyhow::Result;
 use mnema_core::ByteSize;
 use mnema_models::manager::{available_memory, process_rss};
+use mnema_store::Store as _;
 
 pub fn run(ctx: &Ctx) -> Result<u8> {
     let store = ctx.store()?;
