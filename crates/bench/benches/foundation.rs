@@ -68,16 +68,22 @@ fn rate(e: &dyn Embedder, texts: &[String], reps: usize) -> (f64, Vec<Vec<f32>>)
     ((texts.len() * reps) as f64 / t.elapsed().as_secs_f64(), out)
 }
 
+/// The engines as the binary would run them: `MNEMA_DENSE=f32` measures the f32 path.
+fn runtime() -> mnema_extract::Runtime {
+    let c = mnema_core::Config::resolve(None, Some(models())).expect("a valid configuration");
+    mnema_extract::Runtime::from_config(&c)
+}
+
 fn embeddings(tmp: &Path) {
     println!("\n== embeddings (batch 32, CPU) ==");
     let short = short_sentences(512);
-    let minilm = load_embedder(&mnema_extract::Runtime::new(&models()), "all-minilm-l6-v2").unwrap();
+    let minilm = load_embedder(&runtime(), "all-minilm-l6-v2").unwrap();
     let long = long_texts(minilm.as_ref(), 96, 254);
     let (m_short, m_vecs) = rate(minilm.as_ref(), &short, 2);
     let (m_long, m_long_vecs) = rate(minilm.as_ref(), &long, 1);
     let (peak_minilm, _) = rss();
     drop(minilm);
-    let e5 = load_embedder(&mnema_extract::Runtime::new(&models()), "multilingual-e5-small").unwrap();
+    let e5 = load_embedder(&runtime(), "multilingual-e5-small").unwrap();
     let long_e5 = long_texts(e5.as_ref(), 96, 254);
     let (e_short, _) = rate(e5.as_ref(), &short, 2);
     let (e_long, _) = rate(e5.as_ref(), &long_e5, 1);

@@ -222,16 +222,30 @@ pub struct Ingester<'a> {
     config: &'a Config,
     store: &'a dyn Store,
     models: &'a ModelManager,
+    /// The loaded model, released while OCR or speech needs the memory.
     embedder: Option<Arc<Box<dyn Embedder>>>,
+    /// An embedder given by the caller ([`Ingester::with_embedder`]): always used, never
+    /// released or reloaded.
+    given: Option<Arc<Box<dyn Embedder>>>,
 }
 
 impl<'a> Ingester<'a> {
     /// An ingester writing into `store`, loading models through `models`.
     pub fn new(config: &'a Config, store: &'a dyn Store, models: &'a ModelManager) -> Ingester<'a> {
-        Ingester { config, store, models, embedder: None }
+        Ingester { config, store, models, embedder: None, given: None }
+    }
+
+    /// Embeds with `embedder` instead of loading the configured model (tests with small
+    /// in-memory engines; a front end that already holds the model).
+    pub fn with_embedder(mut self, embedder: Arc<Box<dyn Embedder>>) -> Ingester<'a> {
+        self.given = Some(embedder);
+        self
     }
 
     fn embedder(&mut self) -> Result<Arc<Box<dyn Embedder>>, IngestError> {
+        if let Some(e) = &self.given {
+            return Ok(e.clone());
+        }
         if self.embedder.is_none() {
             // A store keeps the model it was built with, whatever the configuration says now.
             let name = self.store.embedder()?.map(|e| e.0).unwrap_or_else(|| self.config.embedder.clone());

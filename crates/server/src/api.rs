@@ -426,10 +426,9 @@ async fn item(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiR
 async fn delete_item(AxState(st): AxState<State>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = parse_id(&id)?;
     blocking(move || {
-        let item = st.store.item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
-        // Deleted by another request since: `deleted` says false, as for a second delete.
-        let deleted = st.store.delete_item(id)?;
-        Ok(Json(serde_json::json!({ "id": id, "deleted": deleted, "path": item.path })))
+        // One transaction: of two deletes at once, the second finds nothing (404).
+        let item = st.store.delete_item(id)?.ok_or_else(|| ApiError::NotFound(format!("no item with id {id}")))?;
+        Ok(Json(serde_json::json!({ "id": id, "deleted": true, "path": item.path })))
     })
     .await
 }

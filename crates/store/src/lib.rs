@@ -575,20 +575,26 @@ impl Sqlite {
         Ok(Some((id, n)))
     }
 
-    /// Deletes an item and everything derived from it. Returns false when there was none.
-    pub fn delete_item(&mut self, id: i64) -> Result<bool> {
-        let n = self.write(|tx, path| {
+    /// Deletes an item and everything derived from it, in one transaction. Returns the item
+    /// as it was, `None` when there was none.
+    pub fn delete_item(&mut self, id: i64) -> Result<Option<Item>> {
+        let gone = self.write(|tx, path| {
             let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
+            let Some(item) =
+                tx.query_row(&format!("SELECT {ITEM_COLS} FROM items WHERE id = ?1"), [id], item_from_row).optional().map_err(sqlerr)?
+            else {
+                return Ok(None);
+            };
             let removed = delete_chunks(tx, id).map_err(sqlerr)?;
-            let n = tx.execute("DELETE FROM items WHERE id = ?1", [id]).map_err(sqlerr)?;
+            tx.execute("DELETE FROM items WHERE id = ?1", [id]).map_err(sqlerr)?;
             log_vectors(tx, &removed).map_err(sqlerr)?;
-            Ok(n)
+            Ok(Some(item))
         })?;
         // A loaded index follows at once; otherwise the next one loaded catches up from the log.
         if self.vectors.is_some() {
             self.index()?;
         }
-        Ok(n > 0)
+        Ok(gone)
     }
 
     /// Full-text candidates for stemmed `terms` (any of them), best BM25 first:
@@ -708,16 +714,18 @@ impl Sqlite {
             let sqlerr = |source| StoreError::Sql { path: path.to_path_buf(), source };
             {
                 let mut item = tx
-                    .prepare("INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')")
+                    .prepare("INSERT INTO items (id, path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}')")
                     .map_err(sqlerr)?;
+                let mut next_item = next_item_id(tx).map_err(sqlerr)?;
                 let mut ins = tx
                     .prepare("INSERT INTO chunks (id, item_id, seq, text, start, end, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
                     .map_err(sqlerr)?;
                 let mut fts = tx.prepare("INSERT INTO chunks_fts (rowid, terms) VALUES (?1, ?2)").map_err(sqlerr)?;
                 let mut next = next_chunk_id(tx).map_err(sqlerr)?;
                 for (it, chunks) in rows {
-                    item.execute(params![it.path, it.kind.as_str(), it.sha256, it.size as i64, it.mtime, it.mtime]).map_err(sqlerr)?;
-                    let id = tx.last_insert_rowid();
+                    let id = next_item;
+                    next_item += 1;
+                    item.execute(params![id, it.path, it.kind.as_str(), it.sha256, it.size as i64, it.mtime, it.mtime]).map_err(sqlerr)?;
                     for (c, v) in chunks {
                         ins.execute(params![next, id, c.seq, c.text, c.start, c.end, to_blob(v)]).map_err(sqlerr)?;
                         fts.execute(params![next, text::index_terms(&c.text)]).map_err(sqlerr)?;
@@ -725,6 +733,7 @@ impl Sqlite {
                     }
                 }
                 set_next_chunk_id(tx, next).map_err(sqlerr)?;
+                set_meta(tx, "item_id_next", next_item).map_err(sqlerr)?;
             }
             if let Some(dim) = rows.iter().flat_map(|r| r.1.first()).map(|c| c.1.len()).next() {
                 tx.execute("INSERT INTO meta (key, value) VALUES ('embedder', ?1) ON CONFLICT(key) DO NOTHING", [embedder])
@@ -935,6 +944,17 @@ fn next_chunk_id(tx: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
+/// The next item id: past every id this database ever handed out (`meta.item_id_next`) and
+/// every id it holds.
+fn next_item_id(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "SELECT max(COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'item_id_next'), 1), \
+         COALESCE((SELECT max(id) FROM items), 0) + 1)",
+        [],
+        |r| r.get(0),
+    )
+}
+
 fn set_next_chunk_id(tx: &Connection, next: i64) -> rusqlite::Result<()> {
     set_meta(tx, "chunk_id_next", next)
 }
@@ -1048,12 +1068,16 @@ fn insert_item(
             id
         }
         None => {
+            // Ids are never reused (SQLite would hand a deleted highest id out again): a
+            // stale id held by a client or a link never names another file.
+            let id = next_item_id(tx).map_err(sqlerr)?;
             tx.execute(
-                "INSERT INTO items (path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![item.path, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
+                "INSERT INTO items (id, path, kind, sha256, size, mtime, indexed_at, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![id, item.path, item.kind.as_str(), item.sha256, item.size as i64, item.mtime, now, meta],
             )
             .map_err(sqlerr)?;
-            tx.last_insert_rowid()
+            set_meta(tx, "item_id_next", id + 1).map_err(sqlerr)?;
+            id
         }
     };
     {

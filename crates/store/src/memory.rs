@@ -169,12 +169,12 @@ impl Store for MemoryStore {
         Ok(Some((id, chunks.len())))
     }
 
-    fn delete_item(&self, id: i64) -> Result<bool> {
+    fn delete_item(&self, id: i64) -> Result<Option<Item>> {
         let mut m = self.lock();
-        let Some(item) = m.items.remove(&id) else { return Ok(false) };
+        let Some(item) = m.items.remove(&id) else { return Ok(None) };
         m.by_path.remove(&item.path);
         m.chunks.retain(|_, c| c.item_id != id);
-        Ok(true)
+        Ok(Some(item))
     }
 
     fn keyword_candidates(&self, terms: &[String], filters: &Filters, limit: usize) -> Result<Vec<(i64, f64)>> {

@@ -7,7 +7,9 @@ use std::sync::{Mutex, MutexGuard};
 
 /// What mnema keeps: items (one per file), their chunks with vectors, and the indexes that find
 /// them. Every method takes `&self` and a store is `Send + Sync`, so one handle serves many
-/// threads (the server's requests, ingest's workers); each call is atomic on its own.
+/// threads (the server's requests, ingest's workers). Each write is atomic (all of it or
+/// nothing, seen whole by every reader); a read sees committed writes, though one made of
+/// several queries (counts, rows of many ids) may see a write that lands between them.
 ///
 /// **Contract** (`tests/conformance.rs` runs it against every backend):
 /// - A path holds at most one item; writing a path again replaces its chunks and vectors and
@@ -38,8 +40,9 @@ pub trait Store: Send + Sync {
     /// same write that `from` still holds content `from_sha256` and every chunk has a vector;
     /// `None` when not (the caller extracts instead), else the new id and chunk count.
     fn put_item_copy(&self, item: &NewItem, from: i64, from_sha256: &str, copy_meta: CopyMeta<'_>) -> Result<Option<(i64, usize)>>;
-    /// Deletes an item and everything derived from it. False when there was none.
-    fn delete_item(&self, id: i64) -> Result<bool>;
+    /// Deletes an item and everything derived from it, at once. Returns the item as it was;
+    /// `None` when there was none (a second delete, or a concurrent one that came first).
+    fn delete_item(&self, id: i64) -> Result<Option<Item>>;
     /// Chunks holding any of the stemmed `terms` ([`mnema_core::text`]), best first:
     /// `(chunk id, score)`.
     fn keyword_candidates(&self, terms: &[String], filters: &Filters, limit: usize) -> Result<Vec<(i64, f64)>>;
@@ -151,7 +154,7 @@ impl Store for SqliteStore {
     fn put_item_copy(&self, item: &NewItem, from: i64, from_sha256: &str, copy_meta: CopyMeta<'_>) -> Result<Option<(i64, usize)>> {
         self.lock().put_item_copy(item, from, from_sha256, copy_meta)
     }
-    fn delete_item(&self, id: i64) -> Result<bool> {
+    fn delete_item(&self, id: i64) -> Result<Option<Item>> {
         self.lock().delete_item(id)
     }
     fn keyword_candidates(&self, terms: &[String], filters: &Filters, limit: usize) -> Result<Vec<(i64, f64)>> {

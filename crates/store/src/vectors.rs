@@ -357,7 +357,9 @@ impl VectorIndex {
         }
         remove_leftovers(&path);
         // Invalidate first: a crash between the writes leaves no marker, never a marker
-        // beside an index it does not describe.
+        // beside an index it does not describe. A save that fails (a full disk) before
+        // replacing the file puts the old marker back: the old file is still there, whole.
+        let old_marker = std::fs::read(gen_path(&path)).ok();
         match std::fs::remove_file(gen_path(&path)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&gen_path(&path), "cannot remove", e)),
             _ => {}
@@ -370,6 +372,12 @@ impl VectorIndex {
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
+            if let Some(old) = old_marker.filter(|_| path.exists()) {
+                let t = unique_tmp(&gen_path(&path));
+                if std::fs::write(&t, old).and_then(|()| std::fs::rename(&t, gen_path(&path))).is_err() {
+                    let _ = std::fs::remove_file(&t);
+                }
+            }
             return Err(e);
         }
         let side = Sidecar {
@@ -402,7 +410,8 @@ fn write_index(index: &Index, path: &Path) -> Result<(), StoreError> {
     let path_str = path.to_str().ok_or_else(|| err(format!("non-UTF-8 data path {}", path.display())))?;
     let want = index.serialized_length() as u64;
     let saved = index.save(path_str);
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| io_err(path, "cannot write", e))?;
+    // Created when usearch could not even create it: the system then says why.
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(|e| io_err(path, "cannot write", e))?;
     let have = match saved {
         Ok(()) => {
             match f.sync_all() {

@@ -86,17 +86,20 @@ fn a_path_holds_one_item_and_a_rewrite_keeps_its_id(s: &dyn Store) {
 fn a_delete_leaves_nothing_behind(s: &dyn Store) {
     let a = s.put_item(&item("/n/a.md", Kind::Note, 1, "a"), &[chunk(0, "борщ со сметаной")], &[vector(1, 8)], "m").unwrap();
     let b = s.put_item(&item("/n/b.md", Kind::Note, 2, "b"), &[chunk(0, "борщ без мяса")], &[vector(2, 8)], "m").unwrap();
-    assert!(s.delete_item(a).unwrap());
-    assert!(!s.delete_item(a).unwrap(), "a second delete finds nothing");
+    assert!(s.delete_item(a).unwrap().is_some());
+    assert!(s.delete_item(a).unwrap().is_none(), "a second delete finds nothing");
     assert!(s.item(a).unwrap().is_none() && s.item_by_path("/n/a.md").unwrap().is_none());
     assert!(s.chunks(a).unwrap().is_empty());
     assert_eq!(items_of(s, &keyword(s, "борщ", &Filters::default())), [b]);
     let near = s.vector_candidates(&vector(1, 8), &Filters::default(), 10).unwrap();
     assert_eq!(items_of(s, &near.iter().map(|x| x.0).collect::<Vec<_>>()), [b]);
     assert!(s.check_index().unwrap().ok);
-    // The path can be written again, as a new item.
+    // The path can be written again, as a new item; no id is handed out twice, not even the
+    // highest one after its delete (a stale id must never name another file).
     let a2 = s.put_item(&item("/n/a.md", Kind::Note, 3, "a"), &[chunk(0, "снова")], &[vector(4, 8)], "m").unwrap();
-    assert_ne!(a2, a);
+    assert!(s.delete_item(a2).unwrap().is_some());
+    let a3 = s.put_item(&item("/n/c.md", Kind::Note, 4, "c"), &[chunk(0, "третий")], &[vector(5, 8)], "m").unwrap();
+    assert!(![a, b, a2].contains(&a3), "id {a3} reused");
 }
 
 fn every_vector_is_found_first_by_itself(s: &dyn Store) {

@@ -45,8 +45,8 @@ fn replace_and_delete_leave_no_orphans() {
     let near = s.vector_candidates(&unit(0, 8), &Filters::default(), 10).unwrap();
     assert_eq!(near.len(), 1, "old vectors removed from the index");
     assert_eq!(s.stats().unwrap().chunks, 1);
-    assert!(s.delete_item(a).unwrap());
-    assert!(!s.delete_item(a).unwrap());
+    assert!(s.delete_item(a).unwrap().is_some());
+    assert!(s.delete_item(a).unwrap().is_none());
     assert!(s.item(a).unwrap().is_none());
     assert!(kw(&s, "different").is_empty());
     assert!(s.vector_candidates(&unit(2, 8), &Filters::default(), 10).unwrap().is_empty());

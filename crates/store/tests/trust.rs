@@ -159,7 +159,7 @@ fn another_handles_writes_are_searched_and_never_lost() {
     }
     let gone = b.item_by_path("/a/39.md").unwrap().unwrap();
     let gone_vec = b.chunks(gone.id).unwrap()[0].1.clone().unwrap();
-    assert!(b.delete_item(gone.id).unwrap());
+    assert!(b.delete_item(gone.id).unwrap().is_some());
     let hits = a.vector_candidates(&gone_vec, &Filters::default(), 3).unwrap();
     assert!(a.chunk_rows(&hits.iter().map(|h| h.0).collect::<Vec<_>>()).unwrap().iter().all(|r| r.item_id != gone.id));
     assert_all_found(&a, "A after B's replacements and delete");
@@ -187,7 +187,7 @@ fn a_stale_handle_never_saves_its_index_as_current() {
     }
     drop(b);
     let first = a.item_by_path("/a/0.md").unwrap().unwrap();
-    assert!(a.delete_item(first.id).unwrap());
+    assert!(a.delete_item(first.id).unwrap().is_some());
     a.flush().unwrap();
     drop(a);
     let c = SqliteStore::open(dir.path()).unwrap();
@@ -337,7 +337,7 @@ fn a_database_from_before_the_vector_log_is_upgraded_and_searched() {
     assert_all_found(&s, "upgraded");
     // New writes after the upgrade get ids above every old one and are logged.
     let last = s.item_by_path("/old/29.md").unwrap().unwrap();
-    assert!(s.delete_item(last.id).unwrap());
+    assert!(s.delete_item(last.id).unwrap().is_some());
     put(&s, "/new/0.md", 500, 2);
     drop(s);
     let s = SqliteStore::open(dir.path()).unwrap();

@@ -181,16 +181,22 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     // CPU.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (feats, fast) = cpu_features();
+    let rt = mnema_extract::Runtime::from_config(c);
     checks.push(check_item(
         "cpu",
         if fast { "ok" } else { "warn" },
         format!(
-            "{cores} cores, {} {}; large products in {}",
+            "{cores} cores, {} {}; large products in {}, speech encoder in {}",
             std::env::consts::ARCH,
             feats,
-            match mnema_extract::Runtime::from_config(c).dense {
+            match rt.dense {
                 mnema_extract::dense::Precision::Bf16 => "bfloat16",
                 mnema_extract::dense::Precision::F32 => "f32",
+            },
+            match rt.speech {
+                mnema_extract::whisper::SpeechDtype::Bf16 => "bfloat16",
+                mnema_extract::whisper::SpeechDtype::Q8 => "8-bit blocks",
+                mnema_extract::whisper::SpeechDtype::F32 => "f32",
             }
         ),
         (!fast).then_some("no AVX2/FMA (x86) or NEON (arm): models run several times slower"),

@@ -42,11 +42,11 @@ pub fn show(ctx: &Ctx, a: ShowArgs) -> Result<u8> {
 
 pub fn delete(ctx: &Ctx, a: DeleteArgs) -> Result<u8> {
     let store = ctx.store()?;
-    let item = store.item(a.id)?;
-    let deleted = store.delete_item(a.id)?;
+    let item = store.delete_item(a.id)?;
+    let deleted = item.is_some();
     if ctx.json {
-        out_json(&serde_json::json!({ "id": a.id, "deleted": deleted, "path": item.map(|i| i.path) }))?;
-    } else if let (true, Some(i)) = (deleted, item) {
+        out_json(&serde_json::json!({ "id": a.id, "deleted": deleted, "path": item.as_ref().map(|i| &i.path) }))?;
+    } else if let Some(i) = &item {
         out(format!("deleted #{} {}", i.id, i.path))?;
     }
     if !deleted {
