@@ -37,13 +37,25 @@ pub struct SileroVad {
 const FRAME: usize = 512;
 const CONTEXT: usize = 64;
 
-static ORT_ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+/// The process's ONNX Runtime (a library loads once per process) and the file it came from.
+type OrtEnv = (std::path::PathBuf, std::result::Result<ort::environment::Environment, String>);
+static ORT_ENV: OnceLock<OrtEnv> = OnceLock::new();
 
 pub(crate) fn ort_env(lib: &Path) -> Result<&'static ort::environment::Environment> {
-    let env = ORT_ENV.get_or_init(|| {
-        let b = ort::init_from(lib).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
-        b.with_name("mnema").with_telemetry(false).build().map_err(|e| format!("ONNX Runtime failed to start: {e}"))
+    let (loaded, env) = ORT_ENV.get_or_init(|| {
+        let env = ort::init_from(lib)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))
+            .and_then(|b| b.with_name("mnema").with_telemetry(false).build().map_err(|e| format!("ONNX Runtime failed to start: {e}")));
+        (lib.to_path_buf(), env)
     });
+    // A second library cannot be loaded beside the first: say so rather than run another.
+    if loaded != lib {
+        return Err(ExtractError::Unavailable(format!(
+            "ONNX Runtime is already loaded from {} in this process; cannot use {}",
+            loaded.display(),
+            lib.display()
+        )));
+    }
     env.as_ref().map_err(|e| ExtractError::Unavailable(e.clone()))
 }
 
