@@ -139,6 +139,12 @@ fn one_embedder_per_store_refused_before_anything_is_written(s: &dyn Store) {
         assert_eq!(e.kind(), mnema_core::ErrorKind::Input);
         assert!(s.item_by_path("/x/b.md").unwrap().is_none(), "nothing written");
     }
+    // A refused rewrite of a stored path leaves what it held.
+    let e = s.put_item(&item("/x/a.md", Kind::Note, 3, "a2"), &[chunk(0, "rewritten")], &[vector(3, 5)], "m").unwrap_err();
+    assert!(matches!(e, StoreError::EmbedderMismatch { .. }), "{e}");
+    let kept = s.item_by_path("/x/a.md").unwrap().unwrap();
+    assert_eq!(kept.sha256, "a");
+    assert_eq!(s.chunks(kept.id).unwrap().iter().map(|c| c.0.text.as_str()).collect::<Vec<_>>(), ["first"]);
     let e = s.vector_candidates(&vector(1, 3), &Filters::default(), 5).unwrap_err();
     assert!(matches!(e, StoreError::EmbedderMismatch { .. }), "{e}");
     assert_eq!(s.embedder().unwrap(), Some(("m".to_string(), 4)));
