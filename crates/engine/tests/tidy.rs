@@ -70,6 +70,19 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// `file:line: text` of every line of `files` (the part of each text `part` keeps) that
+/// `hit` matches.
+fn matching_lines(files: &[PathBuf], part: impl Fn(&str) -> &str, hit: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, l) in part(&text).lines().enumerate().filter(|(_, l)| hit(l)) {
+            found.push(format!("{}:{}: {}", f.display(), i + 1, l.trim()));
+        }
+    }
+    found
+}
+
 /// Words that only SQL (or the SQLite crate) would put in a Rust file.
 fn mentions_sql(line: &str) -> bool {
     const WORDS: [&str; 8] =
@@ -88,18 +101,8 @@ fn no_sql_outside_the_store() {
     }
     assert!(files.len() > 20, "only {} files found", files.len());
     let this = repo().join("crates/engine/tests/tidy.rs").canonicalize().unwrap();
-    let found: Vec<String> = files
-        .iter()
-        .filter(|f| f.canonicalize().ok().as_deref() != Some(this.as_path()))
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(f).unwrap();
-            text.lines()
-                .enumerate()
-                .filter(|(_, l)| mentions_sql(l))
-                .map(|(i, l)| format!("{}:{}: {}", f.display(), i + 1, l.trim()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    files.retain(|f| f.canonicalize().ok().as_deref() != Some(this.as_path()));
+    let found = matching_lines(&files, |text| text, mentions_sql);
     assert!(found.is_empty(), "SQL outside mnema-store:\n{}", found.join("\n"));
     // Only the store links SQLite.
     let graph = lock_graph();
@@ -128,21 +131,10 @@ fn no_environment_reads_below_the_binary() {
     };
     // `env::var`, `var_os`, `vars`, `vars_os`, and the functions imported by name.
     let reads = |l: &str| l.contains("env::var") || l.contains("use std::env::{");
-    let found: Vec<String> = files
-        .iter()
-        .filter(|f| !allowed(f))
-        .flat_map(|f| {
-            let text = std::fs::read_to_string(f).unwrap();
-            // Unit tests (the `#[cfg(test)] mod` at the end of a file) may set up their own
-            // environment; other test-only items do not end the scan.
-            let code = text.split("#[cfg(test)]\nmod ").next().unwrap_or_default().to_string();
-            code.lines()
-                .enumerate()
-                .filter(|(_, l)| reads(l))
-                .map(|(i, l)| format!("{}:{}: {}", f.display(), i + 1, l.trim()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    files.retain(|f| !allowed(f));
+    // Unit tests (the `#[cfg(test)] mod` at the end of a file) may set up their own
+    // environment; other test-only items do not end the scan.
+    let found = matching_lines(&files, |text| text.split("#[cfg(test)]\nmod ").next().unwrap_or_default(), reads);
     assert!(found.is_empty(), "environment read below the binary:\n{}", found.join("\n"));
     // The check can fail: the configuration does read it.
     let config = std::fs::read_to_string(repo().join("crates/core/src/config.rs")).unwrap();
