@@ -2,6 +2,9 @@
 //! the in-memory twin. A new backend (PostgreSQL) adds one line to `backends!` and must pass
 //! all of it.
 
+mod common;
+
+use common::unit_vector as vector;
 use mnema_core::{text, Chunk, Filters, Kind};
 use mnema_store::{CopyMeta, MemoryStore, NewItem, SqliteStore, Store, StoreError};
 use std::collections::HashSet;
@@ -13,21 +16,6 @@ fn item(path: &str, kind: Kind, mtime: i64, sha: &str) -> NewItem {
 
 fn chunk(seq: u32, text: &str) -> Chunk {
     Chunk { seq, text: text.into(), start: 0, end: text.len() as u32, start_ms: None, end_ms: None }
-}
-
-/// A unit vector from a seed: look-alike vectors (seeds close together) stay distinct.
-fn vector(seed: u64, dim: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let v: Vec<f32> = (0..dim)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % 2001) as f32 / 1000.0 - 1.0
-        })
-        .collect();
-    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-    v.into_iter().map(|a| a / n).collect()
 }
 
 fn chunk_ids(s: &dyn Store, item: i64) -> Vec<i64> {

@@ -3,6 +3,8 @@
 //! the per-search catch-up check, a catch-up after another handle's write, a rebuild, and
 //! search latency and self-recall with tombstones up to the rebuild threshold.
 
+mod common;
+
 use mnema_core::{Chunk, Filters, Kind};
 use mnema_store::{NewItem, SqliteStore, Store};
 use std::time::Instant;
@@ -10,17 +12,7 @@ use std::time::Instant;
 const DIM: usize = 384;
 
 fn vector(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..DIM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-    v.into_iter().map(|a| a / n).collect()
+    common::unit_vector(seed, DIM)
 }
 
 fn item(i: u64) -> NewItem {

@@ -2,6 +2,8 @@
 //! directory (the cross-process case), concurrent writers and openers, the index check, and
 //! private file modes. Real SQLite files, real usearch index files.
 
+mod common;
+
 use mnema_core::{Chunk, Filters, Kind};
 use mnema_store::{CopyMeta, NewItem, SqliteStore, Store};
 use std::collections::HashMap;
@@ -17,19 +19,8 @@ fn chunk(seq: u32) -> Chunk {
     Chunk { seq, text: format!("chunk {seq}"), start: 0, end: 7, start_ms: None, end_ms: None }
 }
 
-/// A deterministic pseudo-random unit vector for `seed`.
 fn vector(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..DIM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-    v.into_iter().map(|a| a / n).collect()
+    common::unit_vector(seed, DIM)
 }
 
 /// Writes `path` with `n` chunks whose vectors derive from `seed`; returns the vectors.
