@@ -203,10 +203,8 @@ impl Ingester<'_> {
             return Ok(deferred);
         }
         let engine = "tesseract";
-        let per = mnema_extract::ocr::engines_in(&mnema_extract::Runtime::from_config(self.config))
-            .iter()
-            .find(|e| e.name == engine)
-            .map_or(80 << 20, |e| e.memory);
+        let rt = mnema_extract::Runtime::from_config(self.config);
+        let per = mnema_extract::ocr::engines_in(&rt).iter().find(|e| e.name == engine).map_or(80 << 20, |e| e.memory);
         // One engine per core, as many as the budget holds beside the pixels reserved; the embedder is let go so it can
         // be evicted if OCR needs its room (it is reloaded for the text after).
         let workers = std::thread::available_parallelism()
@@ -217,7 +215,7 @@ impl Ingester<'_> {
         // The pool is cached by engine and worker count: a pool of one is never used as two.
         let pool = self.models.acquire(&format!("ocr:{engine}:{workers}"), per * workers as u64, || {
             let _s = stage("load-model");
-            OcrPool::new(engine, &EngineOptions::new(&mnema_extract::Runtime::from_config(self.config)), workers)
+            OcrPool::new(engine, &EngineOptions::new(&rt), workers)
         })?;
         // First the changed places of the near-duplicates, so pages that fail join the rest.
         let crops: Vec<(GrayImage, f32)> = checks

@@ -130,10 +130,11 @@ struct Pending {
 /// The embedding model `name` through the memory budget. Its batch size is set from the
 /// budget left once it is loaded.
 pub fn acquire_embedder(config: &Config, models: &ModelManager, name: &str) -> Result<Arc<Box<dyn Embedder>>, ExtractError> {
-    let estimate = mnema_extract::embed::estimate_cost(&Runtime::from_config(config), name);
+    let rt = Runtime::from_config(config);
+    let estimate = mnema_extract::embed::estimate_cost(&rt, name);
     let e = models.acquire(name, estimate, || {
         let _s = stage("load-model");
-        load_embedder(&Runtime::from_config(config), name)
+        load_embedder(&rt, name)
     })?;
     // Activations cost about 24 KB per token in a batch (384-wide model, 1536-wide FFN).
     e.set_max_batch_tokens((models.free() / (24 << 10)).clamp(256, mnema_extract::embed::MAX_BATCH_TOKENS as u64) as usize);

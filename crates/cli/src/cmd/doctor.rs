@@ -35,6 +35,7 @@ fn check_item(name: &str, status: &'static str, detail: impl Into<String>, hint:
 
 pub fn run(ctx: &Ctx) -> Result<u8> {
     let c = &ctx.config;
+    let rt = mnema_extract::Runtime::from_config(c);
     let mut checks = Vec::new();
 
     // Data directory and database.
@@ -127,7 +128,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     }
 
     // OCR engines, as the engine registry finds them (Tesseract needs Debian's packages).
-    for e in mnema_extract::ocr::engines_in(&mnema_extract::Runtime::from_config(c)).into_iter().filter(|e| e.name == "tesseract") {
+    for e in mnema_extract::ocr::engines_in(&rt).into_iter().filter(|e| e.name == "tesseract") {
         checks.push(if e.available {
             check_item("tesseract rus+eng", "ok", format!("OCR languages: {}", e.languages), None)
         } else {
@@ -161,7 +162,7 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     } else {
         check_item("swap", "ok", swap_detail, None)
     });
-    let need = mnema_extract::embed::estimate_cost(&mnema_extract::Runtime::from_config(c), &c.embedder);
+    let need = mnema_extract::embed::estimate_cost(&rt, &c.embedder);
     let models_share = ctx.models.budget();
     checks.push(check_item(
         "memory budget",
@@ -181,7 +182,6 @@ pub fn run(ctx: &Ctx) -> Result<u8> {
     // CPU.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (feats, fast) = cpu_features();
-    let rt = mnema_extract::Runtime::from_config(c);
     checks.push(check_item(
         "cpu",
         if fast { "ok" } else { "warn" },
